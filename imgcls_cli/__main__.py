@@ -1,0 +1,3 @@
+from imgcls_cli.cli import main
+
+raise SystemExit(main())

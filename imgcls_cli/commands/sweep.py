@@ -1,0 +1,49 @@
+"""The sweep summary: a Hydra callback that gathers every job's summary.json when a multirun ends."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from imgcls_cli import console as out
+from imgcls_cli.rundir import write_csv
+
+COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
+failed_jobs: list[str] = []  # read by the CLI to set its exit status
+
+
+def _job_number(path: Path) -> tuple[int, str]:
+    head = path.name.split("_", 1)[0]
+    return (int(head), path.name) if head.isdigit() else (1 << 30, path.name)
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder (those holding .hydra/overrides.yaml), in job order."""
+    import json
+
+    rows = []
+    for job_dir in sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_number):
+        overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+        row: dict[str, Any] = {"job": job_dir.name.split("_", 1)[0], "overrides": ",".join(overrides),
+                               "status": "failed"}
+        summary_file = job_dir / "summary.json"
+        if summary_file.is_file():
+            summary = json.loads(summary_file.read_text())
+            row.update({k: summary.get(k) for k in COLUMNS[2:]})
+        rows.append(row)
+    return rows
+
+
+class SweepSummary(Callback):
+    """Writes <sweep dir>/summary.csv and prints it as a table once every job has run."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir)
+        write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
+        failed_jobs[:] = [r["job"] for r in rows if r["status"] != "completed"]
+        out.show(out.table(f"Sweep: {len(rows)} jobs, {len(failed_jobs)} failed", COLUMNS,
+                           [[r.get(c) for c in COLUMNS] for r in rows]))
+        print(f"Run directory: {sweep_dir}", flush=True)

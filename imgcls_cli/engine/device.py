@@ -1,0 +1,76 @@
+"""Device and numeric precision: what `device=auto` and `precision=auto` resolve to, and why."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from imgcls_cli.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks cuda, then mps, then cpu; an explicit device that is not there is a user error."""
+    name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{name}'.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name} but CUDA is not available here; use device=auto or device=cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device=mps but MPS is not available here; use device=auto or device=cpu.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{name}'.")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has AMX or AVX512-BF16, where bf16 matmuls and convs beat fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 on CUDA that supports it (else fp16 with a GradScaler), bf16 on CPUs built for it, else fp32."""
+    if name not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not '{name}'.")
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise UserError("precision=fp16 is for GPUs; on CPU use precision=bf16 or fp32.")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def use_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """channels_last helps convnets on CUDA (tensor cores); measured slower for small images on CPU."""
+    if setting == "auto":
+        return device.type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    raise UserError(f"channels_last must be auto, true or false, not '{setting}'.")

@@ -1,0 +1,134 @@
+"""`imgcls predict`: decode image files with OpenCV, convert them to the checkpoint's input, write top-k labels."""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from imgcls_cli import console as out
+from imgcls_cli.checkpoint import load_checkpoint
+from imgcls_cli.data.decode import DecodeError, decode_image, list_images
+from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision
+from imgcls_cli.engine.inference import model_from_checkpoint
+from imgcls_cli.engine.reports import prediction_rows
+from imgcls_cli.errors import UserError
+from imgcls_cli.rundir import write_csv
+
+log = logging.getLogger("imgcls")
+GLOB_CHARS = set("*?[")
+
+
+def resolve_inputs(inputs: str) -> list[Path]:
+    """A file, a folder (recursive) or a glob pattern -> the image paths, sorted."""
+    text = str(inputs)
+    if any(c in text for c in GLOB_CHARS) and not Path(text).exists():
+        matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise UserError(f"inputs={text} matches no file.")
+        return files
+    path = Path(text)
+    if not path.exists():
+        raise UserError(f"inputs not found: {text}")
+    if path.is_file():
+        return [path]
+    files = list_images(path)
+    if not files:
+        raise UserError(f"no image files (jpg, jpeg, png, bmp, tif, tiff, webp) under {text}.")
+    return files
+
+
+class ImageFiles(Dataset):
+    """Decodes one file per item; a file that cannot be decoded yields its error message instead."""
+
+    def __init__(self, paths: list[Path], channels: int, size: int) -> None:
+        self.paths, self.channels, self.size = paths, channels, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, torch.from_numpy(decode_image(self.paths[i], self.channels, self.size)), ""
+        except DecodeError as exc:
+            return i, None, str(exc)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[str]]:
+    good = [x for _, x, _ in items if x is not None]
+    return [i for i, _, _ in items], (torch.stack(good) if good else None), [e for _, _, e in items]
+
+
+def _workers(num_workers: Any, n_files: int) -> int:
+    if num_workers == "auto":
+        return 0 if n_files < 256 else min(4, os.cpu_count() or 1)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise UserError(f"num_workers must be auto or a whole number >= 0, not {num_workers!r}.")
+    return num_workers
+
+
+def run_predict(
+    checkpoint: str | Path,
+    inputs: str,
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 64,
+    topk: int = 5,
+    num_workers: Any = "auto",
+    output: str | None = None,
+) -> dict[str, Any]:
+    """Predict every input file; write predictions.csv (or `output`); return counts and the file written."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise UserError(f"topk must be a positive whole number, not {topk!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be a positive whole number, not {batch_size!r}.")
+    ckpt = load_checkpoint(checkpoint)
+    paths = resolve_inputs(inputs)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model = model_from_checkpoint(ckpt, dev)
+    inp, classes = ckpt["input"], list(ckpt["classes"])
+    mean = torch.tensor(inp["mean"], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(inp["std"], device=dev).view(1, -1, 1, 1)
+    loader = DataLoader(ImageFiles(paths, int(inp["channels"]), int(inp["size"])), batch_size=batch_size,
+                        num_workers=_workers(num_workers, len(paths)), collate_fn=_collate,
+                        pin_memory=dev.type == "cuda")
+    errors = [""] * len(paths)
+    probs = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for indices, images, errs in loader:
+            for i, e in zip(indices, errs):
+                errors[i] = e
+            if images is None:
+                continue
+            x = (images.to(dev, non_blocking=True).float().div_(255) - mean) / std
+            with autocast(dev, prec):
+                logits = model(x)
+            probs.append(torch.softmax(logits.float(), 1).cpu())
+    seconds = time.perf_counter() - start
+    probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)), np.float32)
+    rows, columns = prediction_rows(probs_np, classes, [str(p) for p in paths], "path", topk, errors=errors)
+    target = Path(output) if output else Path(run_dir) / "predictions.csv"
+    write_csv(target, rows, columns)
+    ok = len(probs_np)
+    _show(rows, ok, len(paths), seconds, target)
+    if ok == 0:
+        raise UserError(f"none of the {len(paths)} input file(s) could be decoded (first: {paths[0]}: {errors[0]}).")
+    return {"predicted": ok, "failed": len(paths) - ok, "output": str(target), "seconds": seconds}
+
+
+def _show(rows: list[dict[str, Any]], ok: int, total: int, seconds: float, target: Path, limit: int = 20) -> None:
+    shown = [(r["path"], r.get("label", ""), r.get("probability", ""), r["error"]) for r in rows[:limit]]
+    title = f"Predictions ({ok} of {total} images{f', first {limit} shown' if total > limit else ''})"
+    out.show(out.table(title, ["path", "label", "probability", "error"], shown))
+    log.info(f"{ok} images predicted, {total - ok} failed, {ok / max(seconds, 1e-9):.0f} images/s; wrote {target}")

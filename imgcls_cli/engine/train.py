@@ -1,0 +1,223 @@
+"""A whole training run: build from a plain config dict, fit, checkpoint, evaluate the best on test, report."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls_cli import console as out
+from imgcls_cli.checkpoint import save_checkpoint
+from imgcls_cli.data.augment import build_augment
+from imgcls_cli.data.datasets import DatasetBundle, load_dataset
+from imgcls_cli.data.loader import DeviceLoader
+from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
+from imgcls_cli.engine.fit import predict_logits, train_one_epoch
+from imgcls_cli.engine.reports import write_eval_reports
+from imgcls_cli.errors import UserError, as_float, as_int
+from imgcls_cli.models import create_model
+from imgcls_cli.optim import build_optimizer
+from imgcls_cli.plots import plot_curves
+from imgcls_cli.rundir import METRIC_COLUMNS, command_line, git_commit, versions, write_csv, write_json
+from imgcls_cli.schedule import build_schedule, lr_scheduler
+
+log = logging.getLogger("imgcls")
+
+
+def positive_int(cfg: dict[str, Any], key: str) -> int:
+    return as_int(cfg.get(key), key, minimum=1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state as tensors and plain containers (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def model_input(bundle: DatasetBundle) -> dict[str, Any]:
+    return {"channels": bundle.channels, "size": bundle.image_size, "mean": bundle.mean, "std": bundle.std}
+
+
+def build_model(cfg: dict[str, Any], bundle: DatasetBundle) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The configured model for this dataset: its channels, size and classes flow into the builder."""
+    kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    kwargs.update(num_classes=bundle.num_classes, in_channels=bundle.channels, image_size=bundle.image_size)
+    name = cfg["model"]["name"]
+    return create_model(name, **kwargs), name, kwargs
+
+
+def log_class_counts(bundle: DatasetBundle) -> None:
+    counts = torch.bincount(bundle.splits["train"].labels, minlength=bundle.num_classes).tolist()
+    sizes = ", ".join(f"{s} {len(bundle.splits[s])}" for s in bundle.splits)
+    log.info(f"dataset {bundle.name}: {bundle.num_classes} classes, {bundle.channels}x{bundle.image_size}x"
+             f"{bundle.image_size}, {sizes}")
+    log.info("train images per class: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
+
+
+class Run:
+    """The state of one training run and the files it writes into run_dir."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.started = time.perf_counter()
+        self.rows: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {"status": "running", "best_epoch": None, "best_val_accuracy": None,
+                                        "test_accuracy": None, "seed": cfg.get("seed"), "command": command_line()}
+
+    def write_summary(self, status: str | None = None, **extra: Any) -> dict[str, Any]:
+        if status:
+            self.summary["status"] = status
+        self.summary.update(extra)
+        self.summary["wall_seconds"] = round(time.perf_counter() - self.started, 3)
+        write_json(self.run_dir / "summary.json", self.summary)
+        return self.summary
+
+
+def run_training(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Train as cfg says, writing the run directory; returns summary.json's content."""
+    run = Run(cfg, Path(run_dir))
+    try:
+        _fit(run)
+    except KeyboardInterrupt:
+        run.write_summary("interrupted")
+        raise
+    except BaseException as exc:
+        run.write_summary("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    return run.summary
+
+
+def _fit(run: Run) -> None:
+    cfg, run_dir = run.cfg, run.run_dir
+    epochs, batch_size = positive_int(cfg, "epochs"), positive_int(cfg, "batch_size")
+    eval_batch_size = positive_int(cfg, "eval_batch_size")
+    seed = as_int(cfg["seed"], "seed", minimum=0)
+    device = resolve_device(cfg["device"])
+    precision = resolve_precision(cfg["precision"], device)
+    channels_last = use_channels_last(cfg.get("channels_last", "auto"), device)
+    run.summary.update(device=str(device), precision=precision, channels_last=channels_last,
+                       versions=versions(), git_commit=git_commit())
+    seed_everything(seed)
+
+    bundle = load_dataset(cfg["dataset"], seed)
+    log_class_counts(bundle)
+    if bundle.split_table:
+        write_csv(run_dir / "splits.csv", ({bundle.id_column: i, "split": s} for i, s in bundle.split_table),
+                  [bundle.id_column, "split"])
+    model, model_name, model_kwargs = build_model(cfg, bundle)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(f"model {model_name}: {n_params / 1e6:.2f}M parameters; device {device}, precision {precision}"
+             f"{', channels_last' if channels_last else ''}")
+
+    splits = {s: (bundle.splits[s].images.to(device), bundle.splits[s].labels.to(device)) for s in bundle.splits}
+    augment = build_augment(cfg["augment"])
+    train_loader = DeviceLoader(*splits["train"], batch_size, bundle.mean, bundle.std, shuffle=True,
+                                drop_last=True, augment=augment, seed=seed, channels_last=channels_last)
+    eval_loaders = {s: DeviceLoader(*splits[s], eval_batch_size, bundle.mean, bundle.std,
+                                    channels_last=channels_last) for s in ("val", "test")}
+    optimizer = build_optimizer(model, cfg["optimizer"])
+    scheduler = lr_scheduler(optimizer, build_schedule(cfg["schedule"], epochs), len(train_loader))
+    smoothing = as_float(cfg.get("label_smoothing", 0.0), "label_smoothing")
+    if not 0.0 <= smoothing < 1.0:
+        raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    amp = lambda: autocast(device, precision)  # noqa: E731
+
+    base = {"model": {"name": model_name, "kwargs": model_kwargs}, "classes": bundle.classes,
+            "input": model_input(bundle), "config": cfg}
+    has_val = len(bundle.splits["val"]) > 0
+    best_acc, best_epoch, step = -1.0, 0, 0
+    for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        with out.EpochProgress(f"epoch {epoch}/{epochs}", len(train_loader.labels)) as bar:
+            result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler, bar.update)
+        step += len(train_loader)
+        if not np.isfinite(result.loss):
+            raise UserError(f"training diverged: the loss is {result.loss} in epoch {epoch}; lower optimizer.lr.")
+        val_loss = val_acc = None
+        if has_val:
+            logits, targets = predict_logits(model, eval_loaders["val"], amp)
+            val_loss = F.cross_entropy(logits, targets).item()
+            val_acc = (logits.argmax(1) == targets).double().mean().item()
+        row = {"epoch": epoch, "lr": lr, "train_loss": result.loss, "train_accuracy": result.accuracy,
+               "val_loss": val_loss, "val_accuracy": val_acc,
+               "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
+               "images_per_second": round(result.images_per_second, 1)}
+        run.rows.append(row)
+        write_csv(run_dir / "metrics.csv", run.rows, METRIC_COLUMNS)
+        score = val_acc if has_val else result.accuracy
+        improved = score > best_acc
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        epoch_metrics = {k: v for k, v in row.items() if k != "epoch"}
+        payload = {**base, "state_dict": state, "epoch": epoch, "step": step, "metrics": epoch_metrics}
+        save_checkpoint({**payload, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict() if scaler else None, "rng": rng_state()},
+                        run_dir / "checkpoints" / "last.pt")
+        if improved:
+            best_acc, best_epoch = score, epoch
+            save_checkpoint(payload, run_dir / "checkpoints" / "best.pt")
+        val_text = f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if has_val else ""
+        log.info(f"epoch {epoch}/{epochs}  lr {lr:.3g}  train_loss {result.loss:.4f}  train_acc "
+                 f"{result.accuracy:.4f}{val_text}  {row['epoch_seconds']:.1f}s  "
+                 f"{result.images_per_second:.0f} img/s{'  *' if improved else ''}")
+        run.summary.update(best_epoch=best_epoch, best_val_accuracy=best_acc if has_val else None,
+                           epochs_completed=epoch)
+    plot_curves(run.rows, run_dir / "plots" / "curves.png")
+    speeds = [r["images_per_second"] for r in run.rows[1:]] or [run.rows[-1]["images_per_second"]]
+    run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
+
+    test_metrics = evaluate_best(model, run_dir, eval_loaders["test"], bundle, amp, as_int(cfg.get("topk", 5), "topk", minimum=1))
+    run.summary["test_accuracy"] = test_metrics.get("accuracy")
+    run.write_summary("completed")
+    _results_table(run, model_name, bundle.name, test_metrics)
+
+
+def evaluate_best(model: nn.Module, run_dir: Path, loader: DeviceLoader, bundle: DatasetBundle, amp: Any,
+                  topk: int) -> dict[str, Any]:
+    """Load best.pt into the model and write the test split's reports into run_dir/eval."""
+    if len(loader.labels) == 0:
+        log.info("no test split (dataset.test_fraction=0): skipping the test evaluation")
+        return {}
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(best["state_dict"])
+    logits, targets = predict_logits(model, loader, amp)
+    probs = torch.softmax(logits, 1).numpy()
+    return write_eval_reports(run_dir / "eval", probs, targets.numpy(), bundle.classes,
+                              bundle.splits["test"].ids, bundle.id_column, topk,
+                              extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"]})
+
+
+def _results_table(run: Run, model_name: str, dataset: str, test: dict[str, Any]) -> None:
+    s = run.summary
+    rows = [("model", model_name), ("dataset", dataset), ("epochs", s.get("epochs_completed")),
+            ("best epoch", s["best_epoch"]), ("best val accuracy", s["best_val_accuracy"]),
+            ("test accuracy", test.get("accuracy"))]
+    rows += [(k.replace("_", " "), v) for k, v in test.items() if k.startswith("top") or k == "f1_macro"]
+    rows += [("wall seconds", s["wall_seconds"]), ("train images/s", s["train_images_per_second"]),
+             ("device", f"{s['device']} ({s['precision']})")]
+    out.show(out.table("Results", ["", "value"], rows))

@@ -1,0 +1,122 @@
+"""PNG figures: training curves and confusion matrices, written without opening a window."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DPI = 110
+MAX_ANNOTATED_CLASSES = 30
+
+
+def _to_float(value: object) -> float:
+    """A number, or NaN for a missing value (None, '', NaN, unparsable)."""
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write the figure as PNG atomically, then close it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def _plot_pair(ax: plt.Axes, epochs: np.ndarray, train: np.ndarray, val: np.ndarray) -> None:
+    """Draw the train and val series; val is skipped when it has no value at all."""
+    ax.plot(epochs, train, marker="o", markersize=3, label="train")
+    if not np.isnan(val).all():
+        # Markers keep an isolated val point visible between missing epochs.
+        ax.plot(epochs, val, marker="o", markersize=3, label="val")
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+
+
+def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> None:
+    """Save loss and accuracy against epoch, train and val, side by side."""
+    if not rows:
+        raise ValueError("no epochs to plot")
+    columns = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    data = {key: np.array([_to_float(row.get(key)) for row in rows]) for key in columns}
+    epochs = np.array([_to_float(row.get("epoch", i + 1)) for i, row in enumerate(rows)])
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    _plot_pair(loss_ax, epochs, data["train_loss"], data["val_loss"])
+    loss_ax.set_title("Loss")
+    loss_ax.set_ylabel("loss")
+    _plot_pair(acc_ax, epochs, data["train_accuracy"], data["val_accuracy"])
+    acc_ax.set_title("Accuracy")
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylim(-0.02, 1.02)
+    _save(fig, path)
+
+
+def _normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum; rows with no samples stay 0."""
+    totals = cm.sum(axis=1, keepdims=True).astype(np.float64)
+    return np.divide(cm, totals, out=np.zeros(cm.shape, dtype=np.float64), where=totals != 0)
+
+
+def _annotate(ax: plt.Axes, values: np.ndarray, normalize: bool, vmax: float, fontsize: float) -> None:
+    """Write each cell's value, white on dark cells and black on light ones."""
+    threshold = vmax / 2
+    for (i, j), value in np.ndenumerate(values):
+        text = f"{value:.2f}" if normalize else f"{int(value)}"
+        color = "white" if value > threshold else "black"
+        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    normalize: bool = False,
+    title: str = "Confusion matrix",
+) -> None:
+    """Save a confusion-matrix heatmap (rows true, columns predicted), counts or row fractions."""
+    cm = np.asarray(cm)
+    num_classes = len(classes)
+    if num_classes == 0 or cm.shape != (num_classes, num_classes):
+        raise ValueError(f"cm must have shape ({num_classes}, {num_classes}), got {cm.shape}")
+    values = _normalize_rows(cm) if normalize else cm.astype(np.float64)
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+
+    # ~0.3 in per class keeps 100 labels legible; the cap keeps huge K under ~4000 px.
+    side = float(np.clip(2.5 + 0.3 * num_classes, 5.5, 30.0))
+    fontsize = float(np.clip(12 - num_classes / 8, 6, 10))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+    ticks = np.arange(num_classes)
+    few = num_classes <= 10
+    ax.set_xticks(ticks, labels=list(classes), fontsize=fontsize,
+                  rotation=45 if few else 90, ha="right" if few else "center")
+    ax.set_yticks(ticks, labels=list(classes), fontsize=fontsize)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(title)
+    if num_classes <= MAX_ANNOTATED_CLASSES:
+        _annotate(ax, values, normalize, vmax, fontsize)
+    _save(fig, path)
