@@ -1,11 +1,11 @@
 """Checkpoints: plain dicts of tensors and containers, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous file is intact.") from None
 
 
@@ -48,9 +49,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path} holds pickled Python objects, not an imgcls checkpoint; "
                             "refusing to load it (nothing in it was run).") from None
         raise UserError(f"{path} is not an imgcls checkpoint (not a PyTorch checkpoint file); nothing in it was run.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as exc:
-        reason = re.split(r"(?<=[.:])\s", str(exc).strip())[0].rstrip(".:") if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not a readable imgcls checkpoint (truncated or not a checkpoint: {reason}).") from None
+    except Exception as exc:  # any failure to read the file means it is not a whole checkpoint
+        detail = ""
+        if isinstance(exc, (RuntimeError, OSError)) and str(exc):
+            detail = ": " + re.split(r"(?<=[.:])\s", str(exc).strip())[0].rstrip(".:")
+        raise UserError(f"{path} is not a readable imgcls checkpoint (truncated, damaged or not a checkpoint"
+                        f"{detail}).") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an imgcls checkpoint (no '{FORMAT}' format marker).")
     if ckpt.get("format_version") != FORMAT_VERSION:

@@ -5,6 +5,10 @@ class UserError(Exception):
     """A mistake of the user: printed as one line on stderr, exit status 2, no traceback."""
 
 
+class DivergedError(UserError):
+    """The loss became non-finite: the run stops, keeps its last good checkpoint and is marked diverged."""
+
+
 def as_float(value: object, key: str) -> float:
     """A config value as a float, or a UserError naming the key."""
     if isinstance(value, bool):

@@ -41,15 +41,19 @@ def adamw(groups: list[dict], *, lr: float, betas: tuple[float, float] = (0.9, 0
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
-def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+def optimizer_options(cfg: dict[str, Any]) -> tuple[Any, float, dict[str, Any]]:
+    """Check an optimizer config: (builder, weight decay, the builder's keyword arguments)."""
     cfg = dict(cfg)
-    name = cfg.pop("name")
-    builder = OPTIMIZERS.get(name)
+    builder = OPTIMIZERS.get(cfg.pop("name"))
     lr = as_float(cfg.get("lr"), "optimizer.lr")
     wd = as_float(cfg.pop("weight_decay", 0.0), "optimizer.weight_decay")
     if lr <= 0:
         raise UserError(f"optimizer.lr must be positive, not {cfg.get('lr')}.")
     if wd < 0:
         raise UserError(f"optimizer.weight_decay must be >= 0, not {wd}.")
-    cfg["lr"] = lr
-    return builder(param_groups(model, wd), **cfg)
+    return builder, wd, {**cfg, "lr": lr}
+
+
+def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    builder, wd, kwargs = optimizer_options(cfg)
+    return builder(param_groups(model, wd), **kwargs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -15,6 +16,15 @@ from imgcls_cli.errors import UserError
 from imgcls_cli.rundir import write_text_atomic
 
 log = logging.getLogger("imgcls")
+
+
+def safe_dirname(text: str) -> str:
+    """A sweep job's folder name that can be pasted into an override: no '=', ',', brackets, quotes or '/'."""
+    text = re.sub(r"[\[\]()'\"{}]", "", str(text))
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-")
+
+
+OmegaConf.register_new_resolver("imgcls.dirname", safe_dirname, replace=True)
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

@@ -8,11 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from imgcls_cli.commands.common import require, run_command, task_overrides
-from imgcls_cli.engine.inference import run_eval
 from imgcls_cli.paths import CONF_DIR
 
 
 def _evaluate(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from imgcls_cli.engine.inference import run_eval  # torch loads after Hydra has checked the arguments
+
     dataset = cfg.get("dataset")
     explicit = [o.split("=", 1)[0].lstrip("+~").removeprefix("dataset.") for o in task_overrides()
                 if o.lstrip("+~").startswith("dataset.")]

@@ -8,11 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from imgcls_cli.commands.common import require, run_command
-from imgcls_cli.engine.predict import run_predict
 from imgcls_cli.paths import CONF_DIR
 
 
 def _predict(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from imgcls_cli.engine.predict import run_predict  # torch loads after Hydra has checked the arguments
+
     return run_predict(cfg["checkpoint"], cfg["inputs"], run_dir, device=cfg["device"], precision=cfg["precision"],
                        batch_size=cfg["batch_size"], topk=cfg["topk"], num_workers=cfg["num_workers"],
                        output=cfg["output"])

@@ -5,11 +5,12 @@ import hydra
 from omegaconf import DictConfig
 
 from imgcls_cli.commands.common import run_command
-from imgcls_cli.engine.train import run_training
 from imgcls_cli.paths import CONF_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from imgcls_cli.engine.train import run_training  # torch loads after Hydra has checked the arguments
+
     summary = run_command(cfg, run_training)
     return None if summary is None else summary.get("best_val_accuracy")

@@ -20,9 +20,9 @@ from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
 from imgcls_cli.engine.fit import predict_logits, train_one_epoch
 from imgcls_cli.engine.reports import write_eval_reports
-from imgcls_cli.errors import UserError, as_float, as_int
+from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
-from imgcls_cli.optim import build_optimizer
+from imgcls_cli.optim import build_optimizer, optimizer_options
 from imgcls_cli.plots import plot_curves
 from imgcls_cli.rundir import METRIC_COLUMNS, command_line, git_commit, versions, write_csv, write_json
 from imgcls_cli.schedule import build_schedule, lr_scheduler
@@ -101,6 +101,9 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     except KeyboardInterrupt:
         run.write_summary("interrupted")
         raise
+    except DivergedError as exc:
+        run.write_summary("diverged", error=str(exc))
+        raise
     except BaseException as exc:
         run.write_summary("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
@@ -112,6 +115,14 @@ def _fit(run: Run) -> None:
     epochs, batch_size = positive_int(cfg, "epochs"), positive_int(cfg, "batch_size")
     eval_batch_size = positive_int(cfg, "eval_batch_size")
     seed = as_int(cfg["seed"], "seed", minimum=0)
+    # Check every setting before the (possibly slow) data loading, so a typo fails at once.
+    lr_factor = build_schedule(cfg["schedule"], epochs)
+    augment = build_augment(cfg["augment"])
+    optimizer_options(cfg["optimizer"])
+    smoothing = as_float(cfg.get("label_smoothing", 0.0), "label_smoothing")
+    if not 0.0 <= smoothing < 1.0:
+        raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
+    topk = as_int(cfg.get("topk", 5), "topk", minimum=1)
     device = resolve_device(cfg["device"])
     precision = resolve_precision(cfg["precision"], device)
     channels_last = use_channels_last(cfg.get("channels_last", "auto"), device)
@@ -132,16 +143,12 @@ def _fit(run: Run) -> None:
              f"{', channels_last' if channels_last else ''}")
 
     splits = {s: (bundle.splits[s].images.to(device), bundle.splits[s].labels.to(device)) for s in bundle.splits}
-    augment = build_augment(cfg["augment"])
     train_loader = DeviceLoader(*splits["train"], batch_size, bundle.mean, bundle.std, shuffle=True,
                                 drop_last=True, augment=augment, seed=seed, channels_last=channels_last)
     eval_loaders = {s: DeviceLoader(*splits[s], eval_batch_size, bundle.mean, bundle.std,
                                     channels_last=channels_last) for s in ("val", "test")}
     optimizer = build_optimizer(model, cfg["optimizer"])
-    scheduler = lr_scheduler(optimizer, build_schedule(cfg["schedule"], epochs), len(train_loader))
-    smoothing = as_float(cfg.get("label_smoothing", 0.0), "label_smoothing")
-    if not 0.0 <= smoothing < 1.0:
-        raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
+    scheduler = lr_scheduler(optimizer, lr_factor, len(train_loader))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     amp = lambda: autocast(device, precision)  # noqa: E731
@@ -158,7 +165,8 @@ def _fit(run: Run) -> None:
             result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler, bar.update)
         step += len(train_loader)
         if not np.isfinite(result.loss):
-            raise UserError(f"training diverged: the loss is {result.loss} in epoch {epoch}; lower optimizer.lr.")
+            raise DivergedError(f"training diverged: the loss is {result.loss} in epoch {epoch}; the last good "
+                                f"checkpoint is kept; lower optimizer.lr.")
         val_loss = val_acc = None
         if has_val:
             logits, targets = predict_logits(model, eval_loaders["val"], amp)
@@ -191,7 +199,7 @@ def _fit(run: Run) -> None:
     speeds = [r["images_per_second"] for r in run.rows[1:]] or [run.rows[-1]["images_per_second"]]
     run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
 
-    test_metrics = evaluate_best(model, run_dir, eval_loaders["test"], bundle, amp, as_int(cfg.get("topk", 5), "topk", minimum=1))
+    test_metrics = evaluate_best(model, run_dir, eval_loaders["test"], bundle, amp, topk)
     run.summary["test_accuracy"] = test_metrics.get("accuracy")
     run.write_summary("completed")
     _results_table(run, model_name, bundle.name, test_metrics)

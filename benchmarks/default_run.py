@@ -1,0 +1,58 @@
+"""Time the default `imgcls train` (digits + simple_cnn) end to end, as a user runs it, over several seeds.
+
+    python benchmarks/default_run.py [--seeds 0 1 2] [--extra key=value ...]
+
+Prints a markdown table: seed, test accuracy, the command's wall seconds, training images/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. dataset=synthetic")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            run_dir = Path(tmp) / f"seed{seed}"
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "imgcls_cli", "train", f"seed={seed}", *args.extra,
+                            f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            summary = json.loads((run_dir / "summary.json").read_text())
+            rows.append((seed, summary["test_accuracy"], wall, summary["train_images_per_second"]))
+    print(f"`imgcls train {' '.join(args.extra)}` on {machine()}\n")
+    print("| seed | test accuracy | wall seconds | train images/s |\n| --- | --- | --- | --- |")
+    for seed, acc, wall, ips in rows:
+        print(f"| {seed} | {acc:.4f} | {wall:.1f} | {ips:.0f} |")
+    print(f"| median | {statistics.median(r[1] for r in rows):.4f} | {statistics.median(r[2] for r in rows):.1f} | "
+          f"{statistics.median(r[3] for r in rows):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
