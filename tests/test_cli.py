@@ -676,3 +676,14 @@ def test_synthetic_dataset_is_learned_with_the_default_model(tmp_path):
     summary = read_json(result.run_dir / "summary.json")
     assert summary["status"] == "completed"
     assert summary["test_accuracy"] >= 0.95, summary
+
+
+def test_the_default_train_command_reaches_97_percent_on_digits(tmp_path):
+    """The README's main job, with no override at all: simple_cnn on the real digits."""
+    result = run_cli("train", cwd=tmp_path)
+    assert_ok(result)
+    assert result.run_dir.parent == tmp_path / "outputs" / "train"
+    assert result.run_dir.name.endswith("_simple_cnn_digits")
+    summary = read_json(result.run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["test_accuracy"] >= 0.97, summary
+    assert "test accuracy" in result.stdout  # the final results table

@@ -68,9 +68,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def use_channels_last(setting: str | bool, device: torch.device) -> bool:
-    """channels_last helps convnets on CUDA (tensor cores); measured slower for small images on CPU."""
+    """auto: on CUDA (tensor cores) and on CPU (oneDNN's NHWC kernels: measured 5-20% faster, see README)."""
     if setting == "auto":
-        return device.type == "cuda"
+        return device.type in ("cuda", "cpu")
     if isinstance(setting, bool):
         return setting
     raise UserError(f"channels_last must be auto, true or false, not '{setting}'.")
