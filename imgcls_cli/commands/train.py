@@ -4,7 +4,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from imgcls_cli.commands.common import run_command
+from imgcls_cli.commands.common import run_command, task_overrides
 from imgcls_cli.paths import CONF_DIR
 
 
@@ -12,5 +12,6 @@ from imgcls_cli.paths import CONF_DIR
 def main(cfg: DictConfig) -> float | None:
     from imgcls_cli.engine.train import run_training  # torch loads after Hydra has checked the arguments
 
-    summary = run_command(cfg, run_training)
+    explicit = [o.split("=", 1)[0].lstrip("+~") for o in task_overrides()]
+    summary = run_command(cfg, lambda config, run_dir: run_training(config, run_dir, explicit))
     return None if summary is None else summary.get("best_val_accuracy")

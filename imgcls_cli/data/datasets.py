@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,14 +115,13 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
     test_fraction = as_float(cfg.pop("test_fraction", 0.0), "dataset.test_fraction")
     max_train = _limit("max_train_samples", cfg.pop("max_train_samples", None))
     max_eval = _limit("max_eval_samples", cfg.pop("max_eval_samples", None))
-    source = builder(image_size=image_size, channels=channels, seed=seed, **cfg)
+    source = builder(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
+                     test_fraction=test_fraction, **cfg)
 
     images = convert_channels(resize_batch(source.images, image_size), channels)
     ids = source.ids or [str(i) for i in range(len(source.labels))]
     indices = _split_indices(source, val_fraction, test_fraction, seed)
-    split_table = [] if source.predefined is not None else [
-        (ids[i], split) for split in SPLITS for i in indices[split]
-    ]
+    split_table = [(ids[i], split) for split in SPLITS for i in indices[split]]
     splits = {}
     for split in SPLITS:
         idx = indices[split]
@@ -174,3 +174,58 @@ def synthetic(*, image_size: int, channels: int, seed: int, num_samples: int = 2
         raise UserError(f"dataset.num_samples must be at least 10 per class ({10 * int(num_classes)}), not {num_samples}.")
     images, labels = make_synthetic(int(num_samples), int(num_classes), image_size, channels, seed)
     return Source(images, labels, list(CLASS_NAMES[: int(num_classes)]))
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+IDX_DATASETS = {
+    # name: (torchvision class, folder under the root, class names, system folders searched too)
+    "mnist": ("MNIST", "MNIST", [str(i) for i in range(10)], []),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST", FASHION_CLASSES, ["/usr/share/datasets/fashion-mnist"]),
+}
+DEFAULT_ROOT = Path.home() / ".cache" / "imgcls" / "data"
+
+
+def _idx_source(name: str, root: str | None, download: bool, val_fraction: float, seed: int) -> Source:
+    """Official train/test files; the val split is carved from train (stratified, seeded)."""
+    from imgcls_cli.data.idx import load_idx_dataset
+
+    tv_class, folder, classes, system = IDX_DATASETS[name]
+    base = Path(root).expanduser() if root else DEFAULT_ROOT
+    candidates = [base, base / folder / "raw", base / folder, *map(Path, system)]
+    data = load_idx_dataset(candidates)
+    if data is None and download:
+        import torchvision
+
+        try:
+            getattr(torchvision.datasets, tv_class)(root=str(base), train=True, download=True)
+            getattr(torchvision.datasets, tv_class)(root=str(base), train=False, download=True)
+        except Exception as exc:  # no network, a proxy, a full disk: one line either way
+            raise UserError(f"could not download {name} into {base}: {str(exc).splitlines()[0]}") from None
+        data = load_idx_dataset(candidates)
+    if data is None:
+        where = ", ".join(str(c) for c in candidates)
+        hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""
+        raise UserError(f"{name} files (train-images-idx3-ubyte[.gz] and the three others) not found in: {where}. "
+                        f"Set dataset.root=FOLDER, add dataset.download=true{hint}.")
+    train_x, train_y = data["train"]
+    test_x, test_y = data["test"]
+    val, train = stratified_split(train_y, [val_fraction], seed)
+    n = len(train_y)
+    ids = [f"train/{i}" for i in range(n)] + [f"test/{i}" for i in range(len(test_y))]
+    return Source(np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y]), classes, ids,
+                  predefined={"train": train, "val": val, "test": np.arange(n, n + len(test_y))})
+
+
+@DATASETS.register("mnist")
+def mnist(*, seed: int, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
+          **_: Any) -> Source:
+    """LeCun's handwritten digits: 60,000 train and 10,000 test 28x28 images (IDX files)."""
+    return _idx_source("mnist", root, bool(download), val_fraction, seed)
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(*, seed: int, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
+                  **_: Any) -> Source:
+    """Zalando's Fashion-MNIST: 60,000 train and 10,000 test 28x28 images of 10 clothing classes (IDX files)."""
+    return _idx_source("fashion_mnist", root, bool(download), val_fraction, seed)

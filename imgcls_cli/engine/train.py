@@ -22,9 +22,12 @@ from imgcls_cli.engine.fit import predict_logits, train_one_epoch
 from imgcls_cli.engine.reports import write_eval_reports
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
+from imgcls_cli.models import input_size as model_input_size
+from imgcls_cli.models import normalization as model_norm
 from imgcls_cli.optim import build_optimizer, optimizer_options
 from imgcls_cli.plots import plot_curves
-from imgcls_cli.rundir import METRIC_COLUMNS, command_line, git_commit, versions, write_csv, write_json
+from imgcls_cli.rundir import (METRIC_COLUMNS, command_line, git_commit, versions, write_csv, write_json,
+                               write_text_atomic)
 from imgcls_cli.schedule import build_schedule, lr_scheduler
 
 log = logging.getLogger("imgcls")
@@ -74,6 +77,34 @@ def log_class_counts(bundle: DatasetBundle) -> None:
     log.info("train images per class: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
 
 
+def adapt_input_size(run: "Run") -> None:
+    """Train at the model's own resolution when it has one, unless dataset.image_size was given."""
+    cfg = run.cfg
+    model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    wanted = model_input_size(cfg["model"]["name"], model_kwargs)
+    have = cfg["dataset"].get("image_size")
+    if wanted is None or wanted == have or "dataset.image_size" in run.explicit_keys:
+        return
+    log.info(f"model {cfg['model']['name']} asks for {wanted}x{wanted} inputs: dataset.image_size {have} -> "
+             f"{wanted} (set dataset.image_size to choose)")
+    cfg["dataset"]["image_size"] = int(wanted)
+    from omegaconf import OmegaConf
+
+    write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
+
+
+def model_normalization(cfg: dict[str, Any], bundle: DatasetBundle) -> None:
+    """Pretrained weights bring their own mean/std; a 1-channel dataset takes the mean over RGB."""
+    model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    stats = model_norm(cfg["model"]["name"], model_kwargs)
+    if stats is None:
+        return
+    mean, std = ([float(sum(v) / len(v))] * bundle.channels if len(v) != bundle.channels else list(map(float, v))
+                 for v in stats)
+    bundle.mean, bundle.std = mean, std
+    log.info(f"normalization from the model's weights: mean {mean}, std {std}")
+
+
 class Run:
     """The state of one training run and the files it writes into run_dir."""
 
@@ -81,6 +112,7 @@ class Run:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.started = time.perf_counter()
         self.rows: list[dict[str, Any]] = []
+        self.explicit_keys: set[str] = set()
         self.summary: dict[str, Any] = {"status": "running", "best_epoch": None, "best_val_accuracy": None,
                                         "test_accuracy": None, "seed": cfg.get("seed"), "command": command_line()}
 
@@ -93,9 +125,14 @@ class Run:
         return self.summary
 
 
-def run_training(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Train as cfg says, writing the run directory; returns summary.json's content."""
+def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[str] | None = None) -> dict[str, Any]:
+    """Train as cfg says, writing the run directory; returns summary.json's content.
+
+    explicit_keys are the keys the user set on the command line: a model's own input size (EfficientNet's
+    scaled resolution, pretrained weights' crop) replaces dataset.image_size unless the user set it.
+    """
     run = Run(cfg, Path(run_dir))
+    run.explicit_keys = set(explicit_keys or [])
     try:
         _fit(run)
     except KeyboardInterrupt:
@@ -130,7 +167,9 @@ def _fit(run: Run) -> None:
                        versions=versions(), git_commit=git_commit())
     seed_everything(seed)
 
+    adapt_input_size(run)
     bundle = load_dataset(cfg["dataset"], seed)
+    model_normalization(cfg, bundle)
     log_class_counts(bundle)
     if bundle.split_table:
         write_csv(run_dir / "splits.csv", ({bundle.id_column: i, "split": s} for i, s in bundle.split_table),

@@ -26,5 +26,25 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def input_size(name: str, kwargs: dict[str, Any]) -> int | None:
+    """The input size a model asks for (e.g. EfficientNet's scaled resolution), or None to take the dataset's.
+
+    A builder states it with an attribute: `builder.input_size = lambda **model_kwargs: 224`.
+    """
+    fn = getattr(MODELS.get(name), "input_size", None)
+    return fn(**kwargs) if fn is not None else None
+
+
+def normalization(name: str, kwargs: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """The (mean, std) a model's pretrained weights expect, or None to use the dataset's statistics.
+
+    A builder states it with an attribute: `builder.normalization = lambda **model_kwargs: (mean, std) or None`.
+    """
+    fn = getattr(MODELS.get(name), "normalization", None)
+    return fn(**kwargs) if fn is not None else None
+
+
 # Importing the family modules registers their builders.
-from imgcls_cli.models import resnet, simple_cnn  # noqa: E402,F401
+from imgcls_cli.models import (  # noqa: E402,F401
+    alexnet, densenet, efficientnet, lenet, resnet, simple_cnn, torchvision_models, vgg,
+)

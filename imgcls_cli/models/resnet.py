@@ -146,3 +146,23 @@ def _resnet(depth: int, **kwargs) -> ResNet:
 @MODELS.register("resnet")
 def resnet(*, depth: int = 18, **kwargs) -> ResNet:
     return _resnet(depth, **kwargs)
+
+
+@MODELS.register("resnet18")
+def resnet18(**kwargs) -> ResNet:
+    return _resnet(18, **kwargs)
+
+
+@MODELS.register("resnet34")
+def resnet34(**kwargs) -> ResNet:
+    return _resnet(34, **kwargs)
+
+
+@MODELS.register("resnet50")
+def resnet50(**kwargs) -> ResNet:
+    return _resnet(50, **kwargs)
+
+
+@MODELS.register("resnet101")
+def resnet101(**kwargs) -> ResNet:
+    return _resnet(101, **kwargs)
