@@ -1,7 +1,6 @@
 """`imgcls <command> ...`: pops the command word and hands the rest of argv to that command's Hydra app."""
 from __future__ import annotations
 
-import argparse
 import difflib
 import importlib
 import os

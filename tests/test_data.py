@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from imgcls_cli.data import datasets
 from imgcls_cli.data.datasets import channel_stats, convert_channels, load_dataset, resize_batch
 from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.data.splits import stratified_split, stratified_subset
@@ -102,6 +103,26 @@ def test_resize_and_channel_conversion():
     rgb = convert_channels(x, 3)
     assert rgb.shape == (2, 3, 8, 8) and np.array_equal(rgb[:, 1], x[:, 0])
     assert np.array_equal(convert_channels(rgb, 1), x)
+
+
+@pytest.mark.parametrize("size", [5, 24])
+def test_resize_in_chunks_gives_the_same_images_as_all_at_once(size, monkeypatch):
+    """Large datasets are resized a chunk at a time (bounded memory); the result must not depend on it."""
+    x = np.random.default_rng(0).integers(0, 256, (7, 3, 12, 12), dtype=np.uint8)
+    whole = resize_batch(x, size)
+    monkeypatch.setattr(datasets, "RESIZE_CHUNK_BYTES", 3 * 4 * 3 * 24 * 24)  # 3 images a chunk
+    chunked = resize_batch(x, size)
+    assert chunked.dtype == np.uint8 and np.array_equal(chunked, whole)
+
+
+def test_only_the_used_subset_is_resized(monkeypatch):
+    """max_*_samples cap the images that are resized, not only the ones kept (memory at large sizes)."""
+    seen = []
+    real = datasets.resize_batch
+    monkeypatch.setattr(datasets, "resize_batch", lambda images, size: seen.append(len(images)) or real(images, size))
+    bundle = load_dataset({**DIGITS, "image_size": 64, "max_train_samples": 20, "max_eval_samples": 10}, seed=0)
+    assert sorted(seen) == [10, 10, 20]
+    assert bundle.splits["train"].images.shape == (20, 1, 64, 64)
 
 
 def test_channel_stats_per_channel():

@@ -1,37 +1,56 @@
+"""Every registered model: forward and backward, init, configs, checkpoints; the ResNet family's own checks."""
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.engine.inference import model_from_checkpoint
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS, create_model, list_models
+from imgcls_cli.paths import CONF_DIR
 
 SMALL = {"resnet": {"depth": 10, "width": 8}, "simple_cnn": {"widths": [8, 16, 16], "hidden": 32}}
 
 
+def build(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(name, **{"num_classes": 10, "in_channels": 3, "image_size": 32, **SMALL.get(name, {}),
+                                 **kwargs})
+
+
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_forward_backward_any_channels_and_size(name, channels, size):
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=7, in_channels=channels, image_size=size, **SMALL.get(name, {}))
-    x = torch.randn(4, channels, size, size)
-    out = model(x)
+def test_forward_backward_in_train_mode_then_eval(name, channels, size):
+    model = build(name, num_classes=7, in_channels=channels, image_size=size)
+    x, y = torch.randn(4, channels, size, size), torch.tensor([0, 6, 3, 3])
+    out = model.train()(x)
     assert out.shape == (4, 7) and torch.isfinite(out).all()
-    out.sum().backward()
+    torch.nn.functional.cross_entropy(out, y).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
-    model.eval()
     with torch.no_grad():
-        assert model(x[:1]).shape == (1, 7)
+        first, again, alone = model.eval()(x), model(x), model(x[:1])
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, again)  # no dropout, no drop path, no batch statistics in eval mode
+    assert torch.allclose(first[:1], alone, atol=1e-5)  # an image's prediction does not depend on its batch
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_same_seed_same_init(name):
-    def build():
-        torch.manual_seed(123)
-        return create_model(name, num_classes=3, in_channels=3, image_size=32, **SMALL.get(name, {}))
+def test_same_seed_same_init_other_seed_other_init(name):
+    a, b, c = (build(name, seed).state_dict() for seed in (5, 5, 6))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
-    a, b = build().state_dict(), build().state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_each_model_config_lists_its_knobs_at_the_builders_defaults(option):
+    path = CONF_DIR / "model" / f"{option}.yaml"
+    assert path.read_text().startswith("# ")  # says what the model is
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    name = cfg.pop("name")
+    shape = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    with torch.device("meta"):  # layers only: no memory, no compute
+        from_config, default = create_model(name, **{**cfg, **shape}), create_model(name, **shape)
+    assert repr(from_config) == repr(default)  # same layers, dropout and drop-path rates
 
 
 @pytest.mark.parametrize("depth,params", [(18, 11_689_512), (50, 25_557_032)])
@@ -63,8 +82,6 @@ def test_bad_resnet_depth_is_a_user_error():
 
 
 def test_every_registered_model_has_a_config():
-    from imgcls_cli.paths import CONF_DIR
-
     assert {p.stem for p in (CONF_DIR / "model").glob("*.yaml")} >= set(MODELS.names())
 
 

@@ -17,6 +17,8 @@ from torchvision.models import WeightsEnum
 
 import imgcls_cli.models.torchvision_models as tvm  # registers tv (also imported by imgcls_cli.models)
 from conftest import assert_ok, assert_user_error, run_many
+from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
+from imgcls_cli.engine.inference import model_from_checkpoint
 from imgcls_cli.errors import UserError
 from imgcls_cli import listing
 from imgcls_cli.listing import list_command
@@ -150,13 +152,44 @@ def test_tv_weights_replace_each_family_head(arch, monkeypatch):
             shapes["image_size"] = self.meta["min_size"][0]
         return torchvision.models.get_model(arch, num_classes=len(self.meta["categories"]), **shapes).state_dict()
 
-    monkeypatch.setattr(WeightsEnum, "get_state_dict", state_dict_of_the_pretrained_shapes)
+    fetched = []
+    monkeypatch.setattr(WeightsEnum, "get_state_dict",
+                        lambda self, *a, **k: fetched.append(self) or state_dict_of_the_pretrained_shapes(self))
+    kwargs = {"num_classes": 10, "in_channels": 3, "image_size": 224, "arch": arch, "weights": "DEFAULT"}
     with torch.device("meta"):
-        model = create_model("tv", num_classes=10, in_channels=3, image_size=224, arch=arch, weights="DEFAULT")
+        model = create_model("tv", **kwargs)
         out = model.eval()(torch.zeros(1, 3, 224, 224))
+        assert len(fetched) == 1
+        # What eval and predict build for a checkpoint: the same architecture, with nothing fetched.
+        skeleton = create_model("tv", for_checkpoint=True, **kwargs)
+    assert len(fetched) == 1
     assert out.shape == (1, 10)
     last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     assert getattr(last, "out_features", getattr(last, "out_channels", None)) == 10
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(skeleton) == shapes(model)
+    assert getattr(skeleton, "transform_input", None) == getattr(model, "transform_input", None)
+
+
+def test_tv_checkpoint_of_pretrained_weights_loads_offline_with_the_cache_gone(torch_home, tmp_path):
+    """eval and predict rebuild a model from the checkpoint alone: the pretrained file is not needed again."""
+    entry = torchvision.models.MobileNet_V3_Small_Weights.DEFAULT
+    cached = torch_home / "hub" / "checkpoints" / entry.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), cached)
+    kwargs = {"num_classes": 4, "in_channels": 1, "image_size": 64, "arch": "mobilenet_v3_small",
+              "weights": "DEFAULT"}
+    model = create_model("tv", **kwargs).eval()
+    path = tmp_path / "tv.pt"
+    save_checkpoint({"model": {"name": "tv", "kwargs": kwargs}, "state_dict": model.state_dict(),
+                     "classes": list("abcd"), "input": {"channels": 1, "size": 64, "mean": [0.5], "std": [0.25]},
+                     "config": {}, "epoch": 1, "step": 1, "metrics": {}}, path)
+    cached.unlink()
+    x = torch.randn(3, 1, 64, 64)
+    rebuilt = model_from_checkpoint(load_checkpoint(path), torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    assert not cached.exists()
 
 
 @pytest.mark.parametrize("arch,weights,size", [("resnet50", "DEFAULT", 224), ("inception_v3", "DEFAULT", 299),

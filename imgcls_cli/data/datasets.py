@@ -15,6 +15,7 @@ from imgcls_cli.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "val", "test")
+RESIZE_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -60,11 +61,16 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     """Resize a uint8 (N, C, H, W) batch to size x size: area when shrinking, bilinear when enlarging."""
     if images.shape[-2:] == (size, size):
         return images
-    x = torch.from_numpy(images).float()
     mode = "area" if size < images.shape[-1] else "bilinear"
     kwargs = {} if mode == "area" else {"align_corners": False}
-    x = F.interpolate(x, size=(size, size), mode=mode, **kwargs)
-    return x.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    out = np.empty((len(images), images.shape[1], size, size), np.uint8)
+    # In chunks of ~256 MB of float32, so resizing a large dataset never holds it all as floats.
+    chunk = max(1, RESIZE_CHUNK_BYTES // (4 * images.shape[1] * max(size, images.shape[-1]) ** 2))
+    for lo in range(0, len(images), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images[lo:lo + chunk])).float()
+        x = F.interpolate(x, size=(size, size), mode=mode, **kwargs)
+        out[lo:lo + chunk] = x.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
 
 
 def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
@@ -118,7 +124,6 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
     source = builder(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
                      test_fraction=test_fraction, **cfg)
 
-    images = convert_channels(resize_batch(source.images, image_size), channels)
     ids = source.ids or [str(i) for i in range(len(source.labels))]
     indices = _split_indices(source, val_fraction, test_fraction, seed)
     split_table = [(ids[i], split) for split in SPLITS for i in indices[split]]
@@ -127,8 +132,9 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
         idx = indices[split]
         limit = max_train if split == "train" else max_eval
         idx = idx[stratified_subset(source.labels[idx], limit, seed)]
+        images = convert_channels(resize_batch(source.images[idx], image_size), channels)  # only what is used
         splits[split] = Split(
-            torch.from_numpy(np.ascontiguousarray(images[idx])),
+            torch.from_numpy(np.ascontiguousarray(images)),
             torch.from_numpy(source.labels[idx].astype(np.int64)),
             [ids[i] for i in idx],
         )

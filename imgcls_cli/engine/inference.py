@@ -26,7 +26,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Modu
     spec = ckpt["model"]
     if not isinstance(spec, dict) or spec.get("name") not in MODELS:
         raise UserError(f"the checkpoint names a model this imgcls does not have: {spec.get('name')!r}.")
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    model = create_model(spec["name"], for_checkpoint=True, **spec.get("kwargs", {}))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

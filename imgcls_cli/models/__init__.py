@@ -11,9 +11,15 @@ from imgcls_cli.registry import Registry
 MODELS: Registry = Registry("model")
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model `name`; a keyword the builder does not take is a user error."""
+def create_model(name: str, for_checkpoint: bool = False, **kwargs: Any) -> nn.Module:
+    """Build the registered model `name`; a keyword the builder does not take is a user error.
+
+    for_checkpoint: only the architecture, to receive a checkpoint's state dict, so pretrained weights are never
+    fetched. A builder that would fetch some states it with an attribute: `builder.for_checkpoint = fn`.
+    """
     builder = MODELS.get(name)
+    if for_checkpoint:
+        builder = getattr(builder, "for_checkpoint", builder)
     try:
         return builder(**kwargs)
     except TypeError as exc:

@@ -2,28 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS
+from imgcls_cli.models.layers import activation as activation_layer
 
 BOTTLENECK = 4  # the 1x1 conv of a dense layer makes BOTTLENECK * growth_rate channels ("4k" in the paper)
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
-    "silu": lambda: nn.SiLU(inplace=True),
-    "gelu": nn.GELU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
-}
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise UserError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, not '{name}'.")
-    return ACTIVATIONS[name]()
 
 
 def _norm(channels: int, batch_norm: bool) -> nn.Module:
@@ -40,9 +28,9 @@ class DenseLayer(nn.Module):
     def __init__(self, in_ch: int, growth_rate: int, activation: str, batch_norm: bool) -> None:
         super().__init__()
         width = BOTTLENECK * growth_rate
-        self.norm1, self.act1 = _norm(in_ch, batch_norm), _activation(activation)
+        self.norm1, self.act1 = _norm(in_ch, batch_norm), activation_layer(activation)
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=not batch_norm)
-        self.norm2, self.act2 = _norm(width, batch_norm), _activation(activation)
+        self.norm2, self.act2 = _norm(width, batch_norm), activation_layer(activation)
         self.conv2 = nn.Conv2d(width, growth_rate, 3, padding=1, bias=not batch_norm)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -68,7 +56,7 @@ class DenseBlock(nn.ModuleList):
 
 
 def _transition(in_ch: int, out_ch: int, pool: bool, activation: str, batch_norm: bool) -> nn.Sequential:
-    layers = [_norm(in_ch, batch_norm), _activation(activation), nn.Conv2d(in_ch, out_ch, 1, bias=not batch_norm)]
+    layers = [_norm(in_ch, batch_norm), activation_layer(activation), nn.Conv2d(in_ch, out_ch, 1, bias=not batch_norm)]
     if pool:
         layers.append(nn.AvgPool2d(2))
     return nn.Sequential(*layers)
@@ -100,7 +88,7 @@ class DenseNet(nn.Module):
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, channels, 7, stride=2, padding=3, bias=not batch_norm),
                 _norm(channels, batch_norm),
-                _activation(activation),
+                activation_layer(activation),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
             size = _out_size(_out_size(size, 7, 2, 3), 3, 2, 1)
@@ -117,7 +105,7 @@ class DenseNet(nn.Module):
                 stages.append(_transition(channels, out_ch, pool, activation, batch_norm))
                 channels, size = out_ch, (size // 2 if pool else size)
         self.features = nn.Sequential(*stages)
-        self.head = nn.Sequential(_norm(channels, batch_norm), _activation(activation), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Sequential(_norm(channels, batch_norm), activation_layer(activation), nn.AdaptiveAvgPool2d(1))
         self.dropout = nn.Dropout(drop_rate)
         self.fc = nn.Linear(channels, num_classes)
         self._init_weights()

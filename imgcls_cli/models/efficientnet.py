@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS
+from imgcls_cli.models.layers import activation as activation_layer
 
 # Compound scaling (Tan & Le, 2019): depth alpha^phi, width beta^phi, resolution gamma^phi,
 # chosen so that alpha * beta^2 * gamma^2 ~ 2, i.e. each step of phi roughly doubles the FLOPs.
@@ -26,13 +27,6 @@ B0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 )
 STEM_CHANNELS = 32
 HEAD_EXPANSION = 4  # head 1x1 conv: 4 x the last stage's channels (1280 for B0)
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "silu": lambda: nn.SiLU(inplace=True),
-    "relu": lambda: nn.ReLU(inplace=True),
-    "gelu": nn.GELU,
-    "hardswish": lambda: nn.Hardswish(inplace=True),
-}
 
 
 class Preset(NamedTuple):
@@ -76,12 +70,6 @@ def round_layers(layers: int, depth_mult: float) -> int:
     return int(math.ceil(round(layers * depth_mult, 9)))
 
 
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise UserError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, not '{name}'.")
-    return ACTIVATIONS[name]()
-
-
 def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
                  activation: str | None = "silu", batch_norm: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [
@@ -90,7 +78,7 @@ def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: 
     if batch_norm:
         layers.append(nn.BatchNorm2d(out_ch))
     if activation is not None:
-        layers.append(_activation(activation))
+        layers.append(activation_layer(activation))
     return nn.Sequential(*layers)
 
 
@@ -118,7 +106,7 @@ class SqueezeExcitation(nn.Module):
     def __init__(self, channels: int, squeeze: int, activation: str) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Conv2d(channels, squeeze, 1), nn.Conv2d(squeeze, channels, 1)
-        self.act = _activation(activation)
+        self.act = activation_layer(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.mean((2, 3), keepdim=True)

@@ -6,28 +6,13 @@ import math
 import torch
 from torch import nn
 
-from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS
+from imgcls_cli.models.layers import ACTIVATIONS, choice
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
-}
 POOLS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 PAPER_SIZE = 32  # the paper's input side: conv1 takes it unpadded
 GRID = 5  # fc120 reads a 16x5x5 map
-
-
-def _choice(table: dict[str, type[nn.Module]], value: str, key: str) -> type[nn.Module]:
-    if value not in table:
-        raise UserError(f"model.{key} must be one of {', '.join(table)}, not '{value}'.")
-    return table[value]
 
 
 def _conv1_padding(image_size: int) -> int:
@@ -53,7 +38,7 @@ class LeNet5(nn.Module):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        act, pool_layer = _choice(ACTIVATIONS, activation, "activation"), _choice(POOLS, pool, "pool")
+        act, pool_layer = choice(ACTIVATIONS, activation, "activation"), choice(POOLS, pool, "pool")
         padding = _conv1_padding(image_size)
         size = _feature_size(image_size, padding)
         self.features = nn.Sequential(

@@ -146,20 +146,34 @@ def _get_model(arch: str, weights: str | None, entry: WeightsEnum | None, num_cl
         raise UserError(f"model.arch={arch}: {exc}") from None
 
 
-@MODELS.register("tv")
-def tv(*, num_classes: int, in_channels: int = 3, image_size: int = 32, arch: str = "resnet18",
-       weights: str | None = None, **kwargs: Any) -> nn.Module:
+def _shape_kwargs(arch: str, entry: WeightsEnum, in_channels: int) -> dict[str, Any]:
+    """The settings torchvision's builders take from pretrained weights, which change the model's shape or forward."""
+    if arch.startswith("vit_"):
+        return {"image_size": entry.meta["min_size"][0]}
+    if arch.startswith("maxvit_"):
+        return {"input_size": entry.meta["min_size"]}
+    if arch in AUX_ARCHES and in_channels == 3:
+        return {"transform_input": True}
+    return {}
+
+
+def _build(*, num_classes: int, in_channels: int, image_size: int, arch: str, weights: str | None,
+           fetch: bool, **kwargs: Any) -> nn.Module:
     entry = resolve_weights(arch, weights)
     kwargs = dict(kwargs)
     if arch in AUX_ARCHES:
         if kwargs.pop("aux_logits", False):
             raise UserError(f"model.aux_logits=true is not supported: training takes one output of {arch}.")
-        if entry is None:  # with weights torchvision insists on building them: they are dropped below
+        if entry is None or not fetch:  # with weights torchvision insists on building them: they are dropped below
             kwargs["aux_logits"] = False
             kwargs.setdefault("init_weights", False)  # PyTorch's init; True is torchvision's slower legacy one
         if in_channels != 3:
             kwargs.setdefault("transform_input", False)  # it re-normalizes the three RGB channels
-    model = _get_model(arch, weights, entry, num_classes, kwargs)
+    if entry is not None and not fetch:  # the pretrained architecture, random weights: a checkpoint fills them
+        kwargs = {**_shape_kwargs(arch, entry, in_channels), **kwargs}
+        model = _get_model(arch, None, None, len(entry.meta["categories"]), kwargs)
+    else:
+        model = _get_model(arch, weights, entry, num_classes, kwargs)
     if arch in AUX_ARCHES:
         model.aux_logits = False
         for name in ("aux1", "aux2", "AuxLogits"):
@@ -172,6 +186,20 @@ def tv(*, num_classes: int, in_channels: int = 3, image_size: int = 32, arch: st
     if image_size < DRY_RUN_BELOW:
         _check_runs_at(model, arch, in_channels, image_size)
     return model
+
+
+@MODELS.register("tv")
+def tv(*, num_classes: int, in_channels: int = 3, image_size: int = 32, arch: str = "resnet18",
+       weights: str | None = None, **kwargs: Any) -> nn.Module:
+    return _build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, arch=arch,
+                  weights=weights, fetch=True, **kwargs)
+
+
+def _for_checkpoint(*, num_classes: int, in_channels: int = 3, image_size: int = 32, arch: str = "resnet18",
+                    weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """The same architecture as tv(...) builds, without fetching the weights: a checkpoint's state dict fills it."""
+    return _build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, arch=arch,
+                  weights=weights, fetch=False, **kwargs)
 
 
 def _input_size(*, arch: str = "resnet18", weights: str | None = None, image_size: int | None = None,
@@ -195,3 +223,4 @@ def _normalization(*, arch: str = "resnet18", weights: str | None = None,
 
 tv.input_size = _input_size
 tv.normalization = _normalization
+tv.for_checkpoint = _for_checkpoint
