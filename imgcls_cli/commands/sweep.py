@@ -1,6 +1,7 @@
 """The sweep summary: a Hydra callback that gathers every job's summary.json when a multirun ends."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def mean_std_row(rows: list[dict[str, Any]]) -> list[Any] | None:
+    """"mean ± std" of each number column over the completed jobs (a cross-validation's result), from two jobs on."""
+    done = [r for r in rows if r["status"] == "completed"]
+    if len(done) < 2:
+        return None
+    cells: list[Any] = ["", f"mean ± std of {len(done)} completed", ""]
+    for column in COLUMNS[3:]:
+        values = [float(r[column]) for r in done if r.get(column) is not None]
+        cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+    return cells
+
+
 class SweepSummary(Callback):
     """Writes <sweep dir>/summary.csv and prints it as a table once every job has run."""
 
@@ -44,6 +57,8 @@ class SweepSummary(Callback):
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
         failed_jobs[:] = [r["job"] for r in rows if r["status"] != "completed"]
-        out.show(out.table(f"Sweep: {len(rows)} jobs, {len(failed_jobs)} failed", COLUMNS,
-                           [[r.get(c) for c in COLUMNS] for r in rows]))
+        table = [[r.get(c) for c in COLUMNS] for r in rows]
+        if spread := mean_std_row(rows):
+            table.append(spread)
+        out.show(out.table(f"Sweep: {len(rows)} jobs, {len(failed_jobs)} failed", COLUMNS, table))
         print(f"Run directory: {sweep_dir}", flush=True)

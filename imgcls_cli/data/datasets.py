@@ -1,6 +1,7 @@
 """Dataset registry: each builder returns the raw images; splitting, subsets and statistics are shared."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imgcls_cli.data.splits import stratified_split, stratified_subset
+from imgcls_cli.data.splits import stratified_folds, stratified_split, stratified_subset
 from imgcls_cli.errors import UserError, as_float, as_int
 from imgcls_cli.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "val", "test")
 RESIZE_CHUNK_BYTES = 256 * 2**20
+# Dataset keys the training loop reads (the loss and the sampler), not the dataset builders.
+TRAINING_KEYS = ("class_weights", "sampler")
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Source:
     ids: list[str] | None = None
     id_column: str = "index"
     predefined: dict[str, np.ndarray] | None = None  # split name -> indices, when the data brings its own
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that did not decode
 
 
 @dataclass
@@ -51,6 +55,7 @@ class DatasetBundle:
     std: list[float]
     id_column: str = "index"
     split_table: list[tuple[str, str]] = field(default_factory=list)  # (id, split) where the tool split the data
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that did not decode
 
     @property
     def num_classes(self) -> int:
@@ -102,6 +107,58 @@ def _split_indices(source: Source, val_fraction: float, test_fraction: float, se
     return {"train": train, "val": val, "test": test}
 
 
+def _folds(folds: Any, fold: Any) -> tuple[int | None, int]:
+    if folds is None:
+        return None, 0
+    folds = as_int(folds, "dataset.folds", minimum=2)
+    fold = as_int(fold, "dataset.fold", minimum=0)
+    if fold >= folds:
+        raise UserError(f"dataset.fold must be in 0..{folds - 1} for dataset.folds={folds}, not {fold}.")
+    return folds, fold
+
+
+def _fold_indices(indices: dict[str, np.ndarray], labels: np.ndarray, folds: int, fold: int,
+                  seed: int) -> dict[str, np.ndarray]:
+    """k-fold cross-validation over train + val (stratified, seeded): fold `fold` validates, the rest train."""
+    pool = np.sort(np.concatenate([indices["train"], indices["val"]]))
+    parts = stratified_folds(labels[pool], folds, seed)
+    val = pool[parts[fold]]
+    train = pool[np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))]
+    return {"train": train, "val": val, "test": indices["test"]}
+
+
+def _indices_from_file(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
+    """The splits a training run wrote (splits.csv): the same images in the same splits, whatever was added since."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+    except OSError as exc:
+        raise UserError(f"cannot read the splits file {path}: {exc.strerror or exc}") from None
+    where = {row[0]: row[1] for row in rows if len(row) >= 2}
+    known = [(i, where.get(sample_id)) for i, sample_id in enumerate(ids)]
+    return {s: np.array([i for i, split in known if split == s], dtype=np.int64) for s in SPLITS}
+
+
+def _given_stats(mean: Any, std: Any, channels: int) -> tuple[list[float], list[float]] | None:
+    """dataset.mean and dataset.std (fractions of 255, one per channel, or one for all), or None to compute them."""
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise UserError("give both dataset.mean and dataset.std, or neither (then they are computed on train).")
+    values = []
+    for key, v in (("mean", mean), ("std", std)):
+        v = [v] if isinstance(v, (int, float, str)) else list(v)
+        v = [as_float(x, f"dataset.{key}") for x in v]
+        if len(v) == 1:
+            v *= channels
+        if len(v) != channels or (key == "std" and min(v) <= 0):
+            raise UserError(f"dataset.{key} must be {channels} number(s){' > 0' if key == 'std' else ''}, not {v}.")
+        values.append(v)
+    return values[0], values[1]
+
+
 def _limit(name: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -121,11 +178,21 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
     test_fraction = as_float(cfg.pop("test_fraction", 0.0), "dataset.test_fraction")
     max_train = _limit("max_train_samples", cfg.pop("max_train_samples", None))
     max_eval = _limit("max_eval_samples", cfg.pop("max_eval_samples", None))
+    folds, fold = _folds(cfg.pop("folds", None), cfg.pop("fold", 0))
+    given_stats = _given_stats(cfg.pop("mean", None), cfg.pop("std", None), channels)
+    splits_file = cfg.pop("splits_file", None)
+    for key in TRAINING_KEYS:
+        cfg.pop(key, None)
     source = builder(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
                      test_fraction=test_fraction, **cfg)
 
     ids = source.ids or [str(i) for i in range(len(source.labels))]
-    indices = _split_indices(source, val_fraction, test_fraction, seed)
+    if splits_file:
+        indices = _indices_from_file(Path(splits_file), ids)
+    else:
+        indices = _split_indices(source, val_fraction, test_fraction, seed)
+        if folds:
+            indices = _fold_indices(indices, source.labels, folds, fold, seed)
     split_table = [(ids[i], split) for split in SPLITS for i in indices[split]]
     splits = {}
     for split in SPLITS:
@@ -140,9 +207,9 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
         )
     if len(splits["train"]) == 0:
         raise UserError(f"dataset '{name}' has no training images.")
-    mean, std = channel_stats(splits["train"].images)
+    mean, std = given_stats or channel_stats(splits["train"].images)
     return DatasetBundle(name, list(source.classes), channels, image_size, splits, mean, std,
-                         source.id_column, sorted(split_table, key=lambda r: _id_key(r[0])))
+                         source.id_column, sorted(split_table, key=lambda r: _id_key(r[0])), source.skipped)
 
 
 def _id_key(value: str) -> tuple[int, Any]:
@@ -192,35 +259,50 @@ IDX_DATASETS = {
 DEFAULT_ROOT = Path.home() / ".cache" / "imgcls" / "data"
 
 
+def _official_splits(data: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], val_fraction: float,
+                     seed: int) -> Source:
+    """Official train and test sets; the val split is carved from train (stratified, seeded)."""
+    train_x, train_y = data["train"]
+    test_x, test_y = data["test"]
+    _check_fraction("val_fraction", val_fraction)
+    val, train = stratified_split(train_y, [val_fraction], seed)
+    n = len(train_y)
+    ids = [f"train/{i}" for i in range(n)] + [f"test/{i}" for i in range(len(test_y))]
+    return Source(np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y]), classes, ids,
+                  predefined={"train": train, "val": val, "test": np.arange(n, n + len(test_y))})
+
+
+def _data_root(root: str | None) -> Path:
+    return Path(root).expanduser() if root else DEFAULT_ROOT
+
+
+def _download(name: str, tv_class: str, base: Path) -> None:
+    """torchvision's downloader for both official splits; one line when it cannot."""
+    import torchvision
+
+    try:
+        for train in (True, False):
+            getattr(torchvision.datasets, tv_class)(root=str(base), train=train, download=True)
+    except Exception as exc:  # no network, a proxy, a full disk: one line either way
+        raise UserError(f"could not download {name} into {base}: {str(exc).splitlines()[0]}") from None
+
+
 def _idx_source(name: str, root: str | None, download: bool, val_fraction: float, seed: int) -> Source:
-    """Official train/test files; the val split is carved from train (stratified, seeded)."""
     from imgcls_cli.data.idx import load_idx_dataset
 
     tv_class, folder, classes, system = IDX_DATASETS[name]
-    base = Path(root).expanduser() if root else DEFAULT_ROOT
+    base = _data_root(root)
     candidates = [base, base / folder / "raw", base / folder, *map(Path, system)]
     data = load_idx_dataset(candidates)
     if data is None and download:
-        import torchvision
-
-        try:
-            getattr(torchvision.datasets, tv_class)(root=str(base), train=True, download=True)
-            getattr(torchvision.datasets, tv_class)(root=str(base), train=False, download=True)
-        except Exception as exc:  # no network, a proxy, a full disk: one line either way
-            raise UserError(f"could not download {name} into {base}: {str(exc).splitlines()[0]}") from None
+        _download(name, tv_class, base)
         data = load_idx_dataset(candidates)
     if data is None:
         where = ", ".join(str(c) for c in candidates)
         hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""
         raise UserError(f"{name} files (train-images-idx3-ubyte[.gz] and the three others) not found in: {where}. "
                         f"Set dataset.root=FOLDER, add dataset.download=true{hint}.")
-    train_x, train_y = data["train"]
-    test_x, test_y = data["test"]
-    val, train = stratified_split(train_y, [val_fraction], seed)
-    n = len(train_y)
-    ids = [f"train/{i}" for i in range(n)] + [f"test/{i}" for i in range(len(test_y))]
-    return Source(np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y]), classes, ids,
-                  predefined={"train": train, "val": val, "test": np.arange(n, n + len(test_y))})
+    return _official_splits(data, classes, val_fraction, seed)
 
 
 @DATASETS.register("mnist")
@@ -235,3 +317,90 @@ def fashion_mnist(*, seed: int, root: str | None = None, download: bool = False,
                   **_: Any) -> Source:
     """Zalando's Fashion-MNIST: 60,000 train and 10,000 test 28x28 images of 10 clothing classes (IDX files)."""
     return _idx_source("fashion_mnist", root, bool(download), val_fraction, seed)
+
+
+def _cifar_source(name: str, root: str | None, download: bool, val_fraction: float, seed: int) -> Source:
+    from imgcls_cli.data.cifar import LAYOUTS, find_folder, load_cifar
+
+    base = _data_root(root)
+    folder = find_folder(name, [base])
+    if folder is None and download:
+        _download(name, {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[name], base)
+        folder = find_folder(name, [base])
+    if folder is None:
+        raise UserError(f"{name} batches (the python version, folder {LAYOUTS[name][0]}) not found in {base}. "
+                        "Set dataset.root=FOLDER or add dataset.download=true.")
+    data, classes = load_cifar(name, folder)
+    return _official_splits(data, classes, val_fraction, seed)
+
+
+@DATASETS.register("cifar10")
+def cifar10(*, seed: int, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
+            **_: Any) -> Source:
+    """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes (python batches)."""
+    return _cifar_source("cifar10", root, bool(download), val_fraction, seed)
+
+
+@DATASETS.register("cifar100")
+def cifar100(*, seed: int, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
+             **_: Any) -> Source:
+    """CIFAR-100: 50,000 train and 10,000 test 32x32 colour images of 100 fine classes (python batches)."""
+    return _cifar_source("cifar100", root, bool(download), val_fraction, seed)
+
+
+def _file_source(files: list[Path], labels: list[str], splits: list[str] | None, classes: list[str], base: Path,
+                 *, image_size: int, channels: int, seed: int, val_fraction: float, test_fraction: float,
+                 on_bad_file: str) -> Source:
+    """Decode the files; splits the files name (folders, a split column) are kept, missing ones carved from train."""
+    from imgcls_cli.data.files import decode_files
+
+    decoded = decode_files(files, channels, image_size, on_bad_file)
+    keep = decoded.keep
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[labels[i]] for i in keep], dtype=np.int64)
+    if empty := [c for c, n in zip(classes, np.bincount(y, minlength=len(classes))) if n == 0]:
+        raise UserError(f"class(es) {', '.join(empty)} have no readable image; add images or remove the class.")
+    ids = [Path(os.path.relpath(files[i], base)).as_posix() for i in keep]
+    predefined = None
+    if splits is not None:
+        kept = np.array([splits[i] for i in keep])
+        predefined = {s: np.flatnonzero(kept == s) for s in SPLITS}
+        if len(predefined["train"]) == 0:
+            raise UserError(f"no readable training images under {base}.")
+        carve = [(s, f) for s, f in (("val", val_fraction), ("test", test_fraction)) if len(predefined[s]) == 0]
+        for key, value in carve:
+            _check_fraction(f"{key}_fraction", value)
+        parts = stratified_split(y[predefined["train"]], [f for _, f in carve], seed)
+        for (split, _), part in zip(carve, parts):
+            predefined[split] = predefined["train"][part]
+        predefined["train"] = predefined["train"][parts[-1]]
+    return Source(decoded.images, y, classes, ids, "path", predefined, decoded.skipped)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(*, image_size: int, channels: int, seed: int, root: str | None = None, val_fraction: float = 0.1,
+                test_fraction: float = 0.1, on_bad_file: str = "skip", **_: Any) -> Source:
+    """A folder of class folders, or of train/ (val/, test/) class folders; any image format OpenCV reads."""
+    from imgcls_cli.data.files import scan_imagefolder
+
+    if not root:
+        raise UserError("dataset=imagefolder needs dataset.root=FOLDER (class folders, or train/ val/ test/).")
+    base = Path(root).expanduser()
+    files, labels, classes, splits = scan_imagefolder(base)
+    return _file_source(files, labels, splits, classes, base, image_size=image_size, channels=channels, seed=seed,
+                        val_fraction=val_fraction, test_fraction=test_fraction, on_bad_file=on_bad_file)
+
+
+@DATASETS.register("csv")
+def csv_file(*, image_size: int, channels: int, seed: int, file: str | None = None, val_fraction: float = 0.1,
+             test_fraction: float = 0.1, on_bad_file: str = "skip", **_: Any) -> Source:
+    """A CSV of path,label rows (paths relative to the CSV file), with an optional split column."""
+    from imgcls_cli.data.files import read_label_csv, sorted_classes
+
+    if not file:
+        raise UserError("dataset=csv needs dataset.file=LABELS.csv (columns path,label and optionally split).")
+    path = Path(file).expanduser()
+    files, labels, splits = read_label_csv(path)
+    return _file_source(files, labels, splits, sorted_classes(labels), path.parent, image_size=image_size,
+                        channels=channels, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                        on_bad_file=on_bad_file)

@@ -11,8 +11,8 @@ from imgcls_cli.data.augment import BatchAugment
 class DeviceLoader:
     """Yields normalized float batches (and labels) from uint8 images already on the training device.
 
-    Shuffling and augmentation draw from a CPU generator seeded by (seed, epoch): the data order of an
-    epoch is a pure function of both, on any device.
+    Shuffling (or weighted sampling) and augmentation draw from a CPU generator seeded by (seed, epoch): the data
+    order of an epoch is a pure function of both, on any device.
     """
 
     def __init__(
@@ -28,6 +28,7 @@ class DeviceLoader:
         augment: BatchAugment | None = None,
         seed: int = 0,
         channels_last: bool = False,
+        sample_weights: torch.Tensor | None = None,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
@@ -38,6 +39,8 @@ class DeviceLoader:
         self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
+        # Weighted sampling with replacement (dataset.sampler=balanced): an epoch is as many draws as images.
+        self.sample_weights = None if sample_weights is None else sample_weights.double().cpu()
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -49,7 +52,11 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.labels)
-        order = torch.randperm(n, generator=gen).to(self.images.device) if self.shuffle else None
+        if self.sample_weights is not None:
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(n, generator=gen) if self.shuffle else None
+        order = order.to(self.images.device) if order is not None else None
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:

@@ -32,3 +32,17 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """k disjoint folds covering every index; each class is dealt round-robin, so fold sizes differ by at most 1
+    per class."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[np.ndarray]] = [[] for _ in range(k)]
+    offset = 0  # where the next class starts dealing, so the remainders spread over the folds
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        for i in range(k):
+            folds[(i + offset) % k].append(idx[i::k])
+        offset += len(idx) % k
+    return [np.sort(np.concatenate(f)).astype(np.int64) for f in folds]

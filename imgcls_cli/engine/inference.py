@@ -14,11 +14,13 @@ from imgcls_cli.data.datasets import SPLITS, load_dataset
 from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
 from imgcls_cli.engine.fit import predict_logits
-from imgcls_cli.engine.reports import write_eval_reports
+from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS, create_model
 
 log = logging.getLogger("imgcls")
+# Dataset keys that choose the splits: set on the eval command line, they win over the run's splits.csv.
+SPLIT_KEYS = {"root", "file", "val_fraction", "test_fraction", "folds", "fold", "splits_file"}
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Module:
@@ -36,20 +38,26 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Modu
 
 
 def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | None,
-                           dataset_keys: list[str] | None = None) -> dict[str, Any]:
+                           dataset_keys: list[str] | None = None,
+                           checkpoint: str | Path | None = None) -> dict[str, Any]:
     """The dataset config to evaluate on, converted to the checkpoint's input channels and size.
 
     The checkpoint's own dataset keeps its training settings (split fractions, seed) except the keys the user
     set (dataset_keys), so split=test is the same test split; another dataset comes as configured.
     """
     trained = ckpt["config"]["dataset"]
+    same = dataset_cfg is None or dataset_cfg.get("name") == trained.get("name")
     if dataset_cfg is None:
         cfg = dict(trained)
-    elif dataset_cfg.get("name") == trained.get("name"):
+    elif same:
         cfg = {**trained, **{k: dataset_cfg[k] for k in (dataset_keys or []) if k in dataset_cfg}}
     else:
         cfg = dict(dataset_cfg)
     cfg["channels"], cfg["image_size"] = ckpt["input"]["channels"], ckpt["input"]["size"]
+    # The training run's splits.csv: the same images in each split, even where files were added since.
+    splits_file = Path(checkpoint).resolve().parent.parent / "splits.csv" if checkpoint else None
+    if same and splits_file and splits_file.is_file() and not set(dataset_keys or []) & SPLIT_KEYS:
+        cfg["splits_file"] = str(splits_file)
     return cfg
 
 
@@ -76,8 +84,9 @@ def run_eval(
     if batch_size < 1:
         raise UserError(f"batch_size must be a positive whole number, not {batch_size}.")
     model = model_from_checkpoint(ckpt, dev)
-    ds_cfg = dataset_for_checkpoint(ckpt, dataset_cfg, dataset_keys)
+    ds_cfg = dataset_for_checkpoint(ckpt, dataset_cfg, dataset_keys, checkpoint)
     bundle = load_dataset(ds_cfg, int(train_cfg.get("seed", 0)))
+    write_skipped_files(Path(run_dir), bundle.skipped, log)
     if bundle.num_classes != len(ckpt["classes"]):
         raise UserError(f"dataset '{bundle.name}' has {bundle.num_classes} classes but the checkpoint was trained "
                         f"on {len(ckpt['classes'])}; evaluate it on data with the same classes.")

@@ -81,3 +81,12 @@ def write_eval_reports(
     rows, columns = prediction_rows(probs, classes, ids, id_column, topk, targets)
     write_csv(out / "predictions.csv", rows, columns)
     return metrics
+
+
+def write_skipped_files(run_dir: Path, skipped: Sequence[tuple[str, str]], log: Any) -> None:
+    """skipped_files.txt (path<TAB>reason per line) and one log line, where files could not be decoded."""
+    if not skipped:
+        return
+    write_text_atomic(Path(run_dir) / "skipped_files.txt", "".join(f"{path}\t{why}\n" for path, why in skipped))
+    log.warning(f"{len(skipped)} file(s) could not be decoded and were skipped (listed in skipped_files.txt), "
+                f"e.g. {skipped[0][0]} ({skipped[0][1]})")

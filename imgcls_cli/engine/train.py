@@ -19,7 +19,7 @@ from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
 from imgcls_cli.engine.fit import predict_logits, train_one_epoch
-from imgcls_cli.engine.reports import write_eval_reports
+from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
 from imgcls_cli.models import input_size as model_input_size
@@ -105,6 +105,39 @@ def model_normalization(cfg: dict[str, Any], bundle: DatasetBundle) -> None:
     log.info(f"normalization from the model's weights: mean {mean}, std {std}")
 
 
+def class_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, classes: list[str]) -> torch.Tensor | None:
+    """dataset.class_weights: null (none), auto (inverse frequency, n / (K * n_c), mean 1 over samples) or a list."""
+    setting = dataset_cfg.get("class_weights")
+    if setting is None:
+        return None
+    k = len(classes)
+    if setting == "auto":
+        counts = torch.bincount(labels, minlength=k).double()
+        weights = (len(labels) / (k * counts.clamp_min(1))).float()
+    elif isinstance(setting, (list, tuple)):
+        weights = torch.tensor([as_float(w, "dataset.class_weights") for w in setting], dtype=torch.float32)
+        if len(weights) != k or (weights < 0).any() or weights.sum() <= 0:
+            raise UserError(f"dataset.class_weights must be auto or {k} non-negative numbers (one per class), "
+                            f"not {list(setting)}.")
+    else:
+        raise UserError(f"dataset.class_weights must be null, auto or a list of {k} numbers, not '{setting}'.")
+    log.info("class weights in the loss: " + ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, weights.tolist())))
+    return weights
+
+
+def sampler_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """dataset.sampler=balanced: each training image drawn with probability 1 / (K * n_its_class), so every
+    class is drawn equally often; null: shuffle, each image once an epoch."""
+    setting = dataset_cfg.get("sampler")
+    if setting is None:
+        return None
+    if setting != "balanced":
+        raise UserError(f"dataset.sampler must be null or balanced, not '{setting}'.")
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    log.info("sampler: balanced (every class drawn equally often, with replacement)")
+    return 1.0 / counts[labels.cpu()]
+
+
 class Run:
     """The state of one training run and the files it writes into run_dir."""
 
@@ -171,6 +204,7 @@ def _fit(run: Run) -> None:
     bundle = load_dataset(cfg["dataset"], seed)
     model_normalization(cfg, bundle)
     log_class_counts(bundle)
+    write_skipped_files(run_dir, bundle.skipped, log)
     if bundle.split_table:
         write_csv(run_dir / "splits.csv", ({bundle.id_column: i, "split": s} for i, s in bundle.split_table),
                   [bundle.id_column, "split"])
@@ -182,13 +216,16 @@ def _fit(run: Run) -> None:
              f"{', channels_last' if channels_last else ''}")
 
     splits = {s: (bundle.splits[s].images.to(device), bundle.splits[s].labels.to(device)) for s in bundle.splits}
+    train_labels = bundle.splits["train"].labels
     train_loader = DeviceLoader(*splits["train"], batch_size, bundle.mean, bundle.std, shuffle=True,
-                                drop_last=True, augment=augment, seed=seed, channels_last=channels_last)
+                                drop_last=True, augment=augment, seed=seed, channels_last=channels_last,
+                                sample_weights=sampler_weights(cfg["dataset"], train_labels, bundle.num_classes))
     eval_loaders = {s: DeviceLoader(*splits[s], eval_batch_size, bundle.mean, bundle.std,
                                     channels_last=channels_last) for s in ("val", "test")}
     optimizer = build_optimizer(model, cfg["optimizer"])
     scheduler = lr_scheduler(optimizer, lr_factor, len(train_loader))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    weights = class_weights(cfg["dataset"], train_labels, bundle.classes)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=smoothing)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     amp = lambda: autocast(device, precision)  # noqa: E731
 

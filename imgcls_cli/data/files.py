@@ -1,0 +1,145 @@
+"""Datasets of image files: a class-folder tree (`imagefolder`) or a CSV of path,label (`csv`).
+
+Files are decoded with OpenCV on a thread pool (OpenCV releases the GIL), straight to the dataset's channels and
+size. A file that cannot be decoded is skipped and reported, or stops the run with dataset.on_bad_file=error.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgcls_cli.data.decode import DecodeError, decode_image, list_images
+from imgcls_cli.errors import UserError
+
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+BAD_FILE_CHOICES = ("skip", "error")
+
+
+@dataclass
+class Decoded:
+    images: np.ndarray  # uint8 (N, C, S, S) of the files that decoded
+    keep: np.ndarray  # indices into the file list of those files
+    skipped: list[tuple[str, str]]  # (path, reason) of the others
+
+
+def decode_files(paths: list[Path], channels: int, size: int, on_bad_file: str = "skip",
+                 workers: int | None = None) -> Decoded:
+    """Decode every file to uint8 (channels, size, size); bad files are skipped (or an error, naming them)."""
+    if on_bad_file not in BAD_FILE_CHOICES:
+        raise UserError(f"dataset.on_bad_file must be skip or error, not '{on_bad_file}'.")
+    out = np.empty((len(paths), channels, size, size), np.uint8)
+
+    def one(i: int) -> str | None:
+        try:
+            out[i] = decode_image(paths[i], channels, size)
+        except DecodeError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        errors = list(pool.map(one, range(len(paths)), chunksize=64))
+    skipped = [(str(p), e) for p, e in zip(paths, errors) if e is not None]
+    if skipped and on_bad_file == "error":
+        first = "; ".join(f"{p} ({e})" for p, e in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise UserError(f"{len(skipped)} file(s) could not be decoded: {first}{more}. "
+                        "Remove them, or set dataset.on_bad_file=skip to train without them.")
+    keep = np.array([i for i, e in enumerate(errors) if e is None], dtype=np.int64)
+    return Decoded(out[keep] if len(skipped) else out, keep, skipped)
+
+
+def class_tree(folder: Path) -> dict[str, list[Path]]:
+    """{class name: its image files (recursive)} for the non-hidden sub-folders of folder, sorted by name."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return {c: list_images(folder / c) for c in classes}
+
+
+def find_split_folders(root: Path) -> dict[str, Path]:
+    """{split: folder} for the split folders root has (train/, val/ or valid/ or validation/, test/)."""
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found
+
+
+def scan_imagefolder(root: Path) -> tuple[list[Path], list[str], list[str], list[str] | None]:
+    """(files, their class names, the classes, their split or None) of an image-folder root.
+
+    With train/ (+ val/, + test/) each split is its own class tree and the classes are train/'s; otherwise
+    root itself is one class tree, split later by the fractions.
+    """
+    if not root.is_dir():
+        raise UserError(f"dataset.root={root} is not a folder; give a folder of class folders (or of "
+                        "train/ val/ test/ class folders).")
+    folders = find_split_folders(root)
+    if folders and "train" not in folders:
+        raise UserError(f"{root} has {', '.join(f.name + '/' for f in folders.values())} but no train/ folder.")
+    trees = {s: class_tree(f) for s, f in folders.items()} if folders else {None: class_tree(root)}
+    classes = list(next(iter(trees.values())))
+    if not classes:
+        raise UserError(f"{root} has no class folders: put each class's images in a folder named after it.")
+    files, labels, splits = [], [], []
+    for split, tree in trees.items():
+        if split is not None and not any(tree.values()):
+            raise UserError(f"{folders[split]} has no images; put images in its class folders or remove it.")
+        if unknown := sorted(set(tree) - set(classes)):
+            raise UserError(f"{folders[split]} has class folder(s) {', '.join(unknown)} that train/ lacks.")
+        for name, paths in tree.items():
+            files += paths
+            labels += [name] * len(paths)
+            splits += [split] * len(paths)
+    if not files:
+        raise UserError(f"no images under {root} (looked for {', '.join(sorted(_extensions()))}).")
+    return files, labels, classes, splits if folders else None
+
+
+def read_label_csv(path: Path) -> tuple[list[Path], list[str], list[str] | None]:
+    """(files, labels, splits or None) of a CSV with a header naming path and label (and optionally split)."""
+    if not path.is_file():
+        raise UserError(f"dataset.file={path} does not exist; give a CSV file of path,label rows.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {path} as a CSV file: {exc}") from None
+    if not rows:
+        raise UserError(f"{path} has no rows; it needs a header line 'path,label' and one row per image.")
+    if not {"path", "label"} <= set(header):
+        raise UserError(f"{path} must have 'path' and 'label' columns; its header is {','.join(header)}.")
+    keys = {h.strip().lower(): h for h in rows[0].keys()}
+    files, labels, splits = [], [], []
+    for row in rows:
+        file, label = (row[keys["path"]] or "").strip(), (row[keys["label"]] or "").strip()
+        if not file or not label:
+            raise UserError(f"{path}: a row has an empty path or label ({dict(row)}).")
+        files.append((path.parent / file) if not os.path.isabs(file) else Path(file))
+        labels.append(label)
+        splits.append((row.get(keys.get("split", "")) or "").strip().lower())
+    if "split" not in keys:
+        return files, labels, None
+    if bad := sorted(set(splits) - {"train", "val", "test"}):
+        raise UserError(f"{path}: the split column holds {', '.join(map(repr, bad))}; use train, val or test.")
+    return files, labels, splits
+
+
+def sorted_classes(labels: list[str]) -> list[str]:
+    """Class names in a natural order: numerically when every label is a whole number, else alphabetically."""
+    unique = set(labels)
+    if all(label.lstrip("-").isdigit() for label in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def _extensions() -> set[str]:
+    from imgcls_cli.data.decode import IMAGE_EXTENSIONS
+
+    return set(IMAGE_EXTENSIONS)
