@@ -1,7 +1,8 @@
-"""Train and inference images/s of every model on this CPU: fp32 NCHW, fp32 channels_last and bf16 autocast.
+"""Train and inference images/s of every model on this CPU: fp32 NCHW, fp32 channels_last, bf16 autocast NCHW and
+bf16 autocast channels_last (what `precision=auto channels_last=auto` trains with on a CPU with AVX512-BF16/AMX).
 
-    python benchmarks/models.py [--models simple_cnn resnet18] [--steps 3] [--formats fp32,channels_last,bf16]
-                                [--budget 540]
+    python benchmarks/models.py [--models simple_cnn resnet18] [--steps 3]
+                                [--formats fp32,channels_last,bf16,bf16_channels_last] [--budget 540]
 
 Every model option (`imgcls list models`, except tv) at 3x32x32, 10 classes, batch 128, Adam: also the presets
 that ask for a larger input (the efficientnet ones), which are measured at 32 px all the same (see the note
@@ -12,8 +13,8 @@ of resnet18 (555M MACs an image, batch 128) took 24 s and its bf16 step 347 s: b
 than fp32 on such a CPU, and measuring every model there takes hours. So the default run measures the models
 cheapest first (by MACs) and starts no model that it predicts (from the last one's time and MACs) would end
 past --budget seconds (default 540, none with --models): it ends in about 9-10 minutes and lists the models
-it left out. Without AMX/AVX512-BF16 bf16 is left out by default; --formats fp32,channels_last,bf16 measures it
-with one timed step. `--models simple_cnn lenet5 --steps 2` took 33 s there, imports included.
+it left out. Without AMX/AVX512-BF16 the bf16 formats are left out by default; --formats names them to
+measure them anyway, with one timed step. `--models simple_cnn lenet5 --steps 2` took 33 s there, imports included.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from imgcls_cli.engine.device import cpu_has_fast_bf16
 from imgcls_cli.listing import ModelPreset, format_macs, model_cost, model_presets
 from imgcls_cli.models import create_model, input_size
 
-FORMATS = ("fp32", "channels_last", "bf16")
+FORMATS = ("fp32", "channels_last", "bf16", "bf16_channels_last")  # the last: what precision=auto trains with
 BATCH, IMAGE_SIZE, NUM_CLASSES, DEFAULT_BUDGET = 128, 32, 10, 540
 
 
@@ -50,9 +51,9 @@ def images_per_second(model: nn.Module, fmt: str, train: bool, steps: int) -> fl
     """Images/s of train steps (forward, backward, Adam) or of inference batches, after one warm-up step."""
     model = copy.deepcopy(model)
     x, y = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), torch.randint(0, NUM_CLASSES, (BATCH,))
-    if fmt == "channels_last":
+    if fmt.endswith("channels_last"):
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if fmt == "bf16" else contextlib.nullcontext()
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if fmt.startswith("bf16") else contextlib.nullcontext()
     opt = torch.optim.Adam(model.parameters())
     model.train(train)
 
@@ -94,10 +95,11 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     fast_bf16 = cpu_has_fast_bf16()
-    formats = args.formats.split(",") if args.formats else [f for f in FORMATS if f != "bf16" or fast_bf16]
+    formats = (args.formats.split(",") if args.formats
+               else [f for f in FORMATS if not f.startswith("bf16") or fast_bf16])
     if unknown := set(formats) - set(FORMATS):
         parser.error(f"unknown format(s) {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
-    steps = {fmt: args.steps if fmt != "bf16" or fast_bf16 else 1 for fmt in formats}
+    steps = {fmt: args.steps if not fmt.startswith("bf16") or fast_bf16 else 1 for fmt in formats}
     budget = args.budget if args.budget is not None else (0 if args.models else DEFAULT_BUDGET)
 
     presets = [p for p in model_presets() if p.name != "tv"]

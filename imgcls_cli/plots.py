@@ -120,3 +120,50 @@ def plot_confusion_matrix(
     if num_classes <= MAX_ANNOTATED_CLASSES:
         _annotate(ax, values, normalize, vmax, fontsize)
     _save(fig, path)
+
+
+def plot_augment_preview(
+    images: object,
+    labels: object,
+    classes: Sequence[str],
+    path: Path,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> None:
+    """Save a grid (up to 8 x 4) of augmented training images titled with their class, to check a recipe by eye.
+
+    images: (N, C, H, W) floats in [0, 1], or normalized ones with their mean and std. labels: (N,) class
+    indices, or (N, K) soft targets after MixUp/CutMix, titled with their top two classes and weights.
+    Torch tensors are accepted as they are (moved to the CPU here), so plots.py needs no torch import.
+    """
+    def as_array(a: object) -> np.ndarray:
+        return np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float64)
+
+    pixels, targets = as_array(images)[:32], as_array(labels)[:32]
+    if mean is not None and std is not None:
+        pixels = pixels * np.asarray(std).reshape(1, -1, 1, 1) + np.asarray(mean).reshape(1, -1, 1, 1)
+    pixels = np.clip(pixels, 0.0, 1.0)
+    num_cols = min(8, len(pixels))
+    num_rows = max(1, math.ceil(len(pixels) / 8))
+    fig, axes = plt.subplots(num_rows, num_cols, figsize=(1.9 * num_cols + 0.5, 2.1 * num_rows + 0.3),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, target in zip(axes.flat, pixels, targets):
+        if image.shape[0] == 1:
+            ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(image[:3].transpose(1, 2, 0), interpolation="nearest")
+        ax.set_title(_preview_title(target, classes), fontsize=8)
+    _save(fig, path)
+
+
+def _preview_title(target: np.ndarray, classes: Sequence[str]) -> str:
+    """The class name of a hard label; the top two classes with their weights for a soft target."""
+    if target.ndim == 0:
+        return str(classes[int(target)])
+    top = np.argsort(-target, kind="stable")[:2]
+    shown = [i for i in top if target[i] >= 0.005] or top[:1]
+    if len(shown) == 1 and target[shown[0]] >= 0.995:
+        return str(classes[int(shown[0])])
+    return " / ".join(f"{classes[int(i)]} {target[i]:.2f}" for i in shown)

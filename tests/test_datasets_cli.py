@@ -27,6 +27,8 @@ def image_folder_runs(tmp_path_factory):
         "eval": (["eval", f"checkpoint={base / 'run' / 'checkpoints' / 'best.pt'}", f"hydra.run.dir={base / 'ev'}"],
                  base),
         "strict": (["train", *common, "dataset.on_bad_file=error"], base),
+        "stream": (["train", *common, "dataset.in_memory=false", "num_workers=1", f"hydra.run.dir={base / 'stream'}"],
+                   base),
         "no_root": (["train", "dataset=imagefolder"], base),
         "missing_mnist": (["train", "dataset=mnist", f"dataset.root={base / 'nothing'}"], base),
     })
@@ -53,6 +55,15 @@ def test_eval_reuses_the_runs_splits_after_files_were_added(image_folder_runs):
     assert [r["path"] for r in again] == [r["path"] for r in trained]
     assert [r["label"] for r in again] == [r["label"] for r in trained]
     assert (base / "ev" / "skipped_files.txt").is_file()
+
+
+def test_streamed_image_folder_trains_and_lists_the_files_it_could_not_read(image_folder_runs):
+    base, bad, _, runs = image_folder_runs
+    assert_ok(runs["stream"])
+    assert "images stream from FileStore with 1 worker(s)" in runs["stream"].stdout + runs["stream"].stderr
+    assert read_json(base / "stream" / "summary.json")["status"] == "completed"
+    lines = (base / "stream" / "skipped_files.txt").read_text().splitlines()
+    assert sorted(Path(line.split("\t")[0]).name for line in lines) == bad
 
 
 def test_dataset_mistakes_are_one_line(image_folder_runs):
@@ -82,3 +93,14 @@ def test_fashion_mnist_from_the_debian_package_reaches_85_percent(tmp_path):
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["test_accuracy"] >= 0.85, summary
     assert read_json(tmp_path / "run" / "eval" / "metrics.json")["num_samples"] == 2000
+
+
+def test_mixing_preset_trains_and_previews_mixed_labels(tmp_path):
+    """augment=cutmix: soft targets reach the loss, the run completes, and the preview shows the mixed batch."""
+    result = run_cli("train", "augment=cutmix", "epochs=2", "model.widths=[8,16,16]", "model.hidden=32",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_ok(result)
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "completed" and summary["test_accuracy"] > 0.3  # it learns from mixed batches
+    preview = tmp_path / "run" / "plots" / "augment_preview.png"
+    assert preview.read_bytes().startswith(b"\x89PNG")

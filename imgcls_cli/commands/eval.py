@@ -19,7 +19,7 @@ def _evaluate(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                 if o.lstrip("+~").startswith("dataset.")]
     return run_eval(cfg["checkpoint"], run_dir, dataset_cfg=dataset, dataset_keys=explicit, split=cfg["split"],
                     device=cfg["device"], precision=cfg["precision"], batch_size=cfg["batch_size"],
-                    topk=cfg["topk"])
+                    topk=cfg["topk"], num_workers=cfg.get("num_workers", "auto"))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")

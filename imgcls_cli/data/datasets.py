@@ -1,6 +1,7 @@
 """Dataset registry: each builder returns the raw images; splitting, subsets and statistics are shared."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgcls_cli.data.stores import ArrayStore, FileStore, Store
 from imgcls_cli.data.splits import stratified_folds, stratified_split, stratified_subset
 from imgcls_cli.errors import UserError, as_float, as_int
 from imgcls_cli.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
+log = logging.getLogger("imgcls")
+DEFAULT_ROOT = Path.home() / ".cache" / "imgcls" / "data"
 SPLITS = ("train", "val", "test")
 RESIZE_CHUNK_BYTES = 256 * 2**20
 # Dataset keys the training loop reads (the loss and the sampler), not the dataset builders.
@@ -32,16 +36,23 @@ class Source:
     id_column: str = "index"
     predefined: dict[str, np.ndarray] | None = None  # split name -> indices, when the data brings its own
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that did not decode
+    paths: list[Path] | None = None  # image files not decoded yet (images is then empty); load_dataset places them
+    split_names: list[str] | None = None  # per file: the split its folder or CSV row names ("" or None: not named)
+    on_bad_file: str = "skip"  # skip | error, for files that do not decode
 
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor | Store  # uint8 (N, C, H, W) in memory, or a store read a batch at a time
     labels: torch.Tensor  # int64 (N,)
     ids: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.images, torch.Tensor)
 
 
 @dataclass
@@ -181,10 +192,13 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
     folds, fold = _folds(cfg.pop("folds", None), cfg.pop("fold", 0))
     given_stats = _given_stats(cfg.pop("mean", None), cfg.pop("std", None), channels)
     splits_file = cfg.pop("splits_file", None)
+    placement = Placement.from_config(cfg)
     for key in TRAINING_KEYS:
         cfg.pop(key, None)
     source = builder(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
                      test_fraction=test_fraction, **cfg)
+    if source.paths is not None:
+        source = _place_files(source, channels, image_size, placement, seed, val_fraction, test_fraction)
 
     ids = source.ids or [str(i) for i in range(len(source.labels))]
     if splits_file:
@@ -194,22 +208,125 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
         if folds:
             indices = _fold_indices(indices, source.labels, folds, fold, seed)
     split_table = [(ids[i], split) for split in SPLITS for i in indices[split]]
-    splits = {}
+    used = {}
     for split in SPLITS:
         idx = indices[split]
         limit = max_train if split == "train" else max_eval
-        idx = idx[stratified_subset(source.labels[idx], limit, seed)]
-        images = convert_channels(resize_batch(source.images[idx], image_size), channels)  # only what is used
-        splits[split] = Split(
-            torch.from_numpy(np.ascontiguousarray(images)),
-            torch.from_numpy(source.labels[idx].astype(np.int64)),
-            [ids[i] for i in idx],
-        )
+        used[split] = idx[stratified_subset(source.labels[idx], limit, seed)]
+    in_memory = placement.in_memory(sum(map(len, used.values())) * channels * image_size ** 2)
+    splits = {}
+    for split, idx in used.items():
+        if isinstance(source.images, (FileStore, ArrayStore)):  # file datasets are placed already
+            images: torch.Tensor | Store = source.images.take(idx)
+        elif in_memory:  # only what is used is resized
+            images = torch.from_numpy(np.ascontiguousarray(
+                convert_channels(resize_batch(source.images[idx], image_size), channels)))
+        else:
+            images = ArrayStore(source.images, idx, channels, image_size)
+        splits[split] = Split(images, torch.from_numpy(source.labels[idx].astype(np.int64)), [ids[i] for i in idx])
     if len(splits["train"]) == 0:
         raise UserError(f"dataset '{name}' has no training images.")
-    mean, std = given_stats or channel_stats(splits["train"].images)
+    skipped = list(source.skipped)
+    if given_stats:
+        mean, std = given_stats
+    else:
+        mean, std = channel_stats(_stats_sample(splits["train"].images, seed, skipped))
     return DatasetBundle(name, list(source.classes), channels, image_size, splits, mean, std,
-                         source.id_column, sorted(split_table, key=lambda r: _id_key(r[0])), source.skipped)
+                         source.id_column, sorted(split_table, key=lambda r: _id_key(r[0])), skipped)
+
+
+@dataclass
+class Placement:
+    """Where the images live: dataset.in_memory (auto: when their uint8 size fits memory_budget_gb), and
+    dataset.cache (decode image files once into a uint8 memmap under cache_dir, reused while the files stay)."""
+
+    mode: str = "auto"
+    budget_bytes: float = 2e9
+    cache: bool = False
+    cache_dir: Path = DEFAULT_ROOT.parent / "decoded"
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> Placement:
+        mode = cfg.pop("in_memory", "auto")
+        mode = {True: "true", False: "false"}.get(mode, mode)
+        if mode not in ("auto", "true", "false"):
+            raise UserError(f"dataset.in_memory must be auto, true or false, not '{mode}'.")
+        budget = as_float(cfg.pop("memory_budget_gb", 2), "dataset.memory_budget_gb")
+        if budget <= 0:
+            raise UserError(f"dataset.memory_budget_gb must be > 0, not {budget}.")
+        cache = cfg.pop("cache", False)
+        if not isinstance(cache, bool):
+            raise UserError(f"dataset.cache must be true or false, not '{cache}'.")
+        cache_dir = cfg.pop("cache_dir", None)
+        return cls(mode, budget * 1e9, cache, Path(cache_dir).expanduser() if cache_dir else cls.cache_dir)
+
+    def in_memory(self, nbytes: int) -> bool:
+        return self.mode == "true" or (self.mode == "auto" and nbytes <= self.budget_bytes)
+
+
+def _place_files(source: Source, channels: int, size: int, placement: Placement, seed: int, val_fraction: float,
+                 test_fraction: float) -> Source:
+    """Decode the files into memory, into the decoded cache, or leave them to be decoded a batch at a time."""
+    from imgcls_cli.data.files import decode_files
+    from imgcls_cli.data.stores import decoded_cache
+
+    paths = source.paths or []
+    in_memory = placement.in_memory(len(paths) * channels * size * size)
+    skipped: list[tuple[str, str]] = []
+    if placement.cache:
+        array, bad, built = decoded_cache(paths, channels, size, placement.cache_dir)
+        log.info(f"decoded cache {'written' if built else 'read'}: {placement.cache_dir} "
+                 f"({array.nbytes / 1e6:.0f} MB)")
+        if bad and source.on_bad_file == "error":
+            decode_files([paths[i] for i, _ in bad], channels, size, "error")  # the one-line error naming them
+        keep = np.setdiff1d(np.arange(len(paths)), [i for i, _ in bad]).astype(np.int64)
+        skipped = [(str(paths[i]), why) for i, why in bad]
+        images: Any = np.asarray(array[keep]) if in_memory else ArrayStore(array, keep, channels, size)
+    elif in_memory:
+        decoded = decode_files(paths, channels, size, source.on_bad_file)
+        images, keep, skipped = decoded.images, decoded.keep, decoded.skipped
+    else:  # bad files are found (and left out of their batch) as they are read
+        images, keep = FileStore(paths, channels, size), np.arange(len(paths))
+    labels = source.labels[keep]
+    if empty := [c for c, n in zip(source.classes, np.bincount(labels, minlength=len(source.classes))) if n == 0]:
+        raise UserError(f"class(es) {', '.join(empty)} have no readable image; add images or remove the class.")
+    predefined = None
+    if source.split_names is not None:
+        predefined = _named_splits(np.array([source.split_names[i] for i in keep]), labels, seed,
+                                   val_fraction, test_fraction)
+    ids = [source.ids[i] for i in keep] if source.ids else None
+    return Source(images, labels, source.classes, ids, source.id_column, predefined, skipped)
+
+
+def _named_splits(names: np.ndarray, labels: np.ndarray, seed: int, val_fraction: float,
+                  test_fraction: float) -> dict[str, np.ndarray]:
+    """The splits the files name; a split that no file names is carved from train (stratified, seeded)."""
+    predefined = {s: np.flatnonzero(names == s) for s in SPLITS}
+    if len(predefined["train"]) == 0:
+        raise UserError("no readable training images (none in train/ or in rows with split=train).")
+    carve = [(s, f) for s, f in (("val", val_fraction), ("test", test_fraction)) if len(predefined[s]) == 0]
+    for key, value in carve:
+        _check_fraction(f"{key}_fraction", value)
+    parts = stratified_split(labels[predefined["train"]], [f for _, f in carve], seed)
+    for (split, _), part in zip(carve, parts):
+        predefined[split] = predefined["train"][part]
+    predefined["train"] = predefined["train"][parts[-1]]
+    return predefined
+
+
+STATS_SAMPLE = 4096  # images read to estimate mean and std when the train split is not in memory
+
+
+def _stats_sample(images: torch.Tensor | Store, seed: int, skipped: list[tuple[str, str]]) -> torch.Tensor:
+    """The train images to compute mean and std on: all in memory, else a seeded sample read from the store
+    (files it finds unreadable are added to skipped)."""
+    if isinstance(images, torch.Tensor):
+        return images
+    n = len(images)
+    positions = np.sort(np.random.default_rng(seed).permutation(n)[:STATS_SAMPLE])
+    batch, ok = images.load(positions)
+    skipped += [(images.name(int(p)), "not a decodable image") for p in positions[~ok]]
+    return torch.from_numpy(batch[ok])
 
 
 def _id_key(value: str) -> tuple[int, Any]:
@@ -256,7 +373,6 @@ IDX_DATASETS = {
     "mnist": ("MNIST", "MNIST", [str(i) for i in range(10)], []),
     "fashion_mnist": ("FashionMNIST", "FashionMNIST", FASHION_CLASSES, ["/usr/share/datasets/fashion-mnist"]),
 }
-DEFAULT_ROOT = Path.home() / ".cache" / "imgcls" / "data"
 
 
 def _official_splits(data: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], val_fraction: float,
@@ -349,32 +465,17 @@ def cifar100(*, seed: int, root: str | None = None, download: bool = False, val_
 
 
 def _file_source(files: list[Path], labels: list[str], splits: list[str] | None, classes: list[str], base: Path,
-                 *, image_size: int, channels: int, seed: int, val_fraction: float, test_fraction: float,
                  on_bad_file: str) -> Source:
-    """Decode the files; splits the files name (folders, a split column) are kept, missing ones carved from train."""
-    from imgcls_cli.data.files import decode_files
+    """Image files and their labels, not decoded yet: load_dataset decides where they live, then splits them."""
+    from imgcls_cli.data.files import BAD_FILE_CHOICES
 
-    decoded = decode_files(files, channels, image_size, on_bad_file)
-    keep = decoded.keep
+    if on_bad_file not in BAD_FILE_CHOICES:
+        raise UserError(f"dataset.on_bad_file must be skip or error, not '{on_bad_file}'.")
     index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[labels[i]] for i in keep], dtype=np.int64)
-    if empty := [c for c, n in zip(classes, np.bincount(y, minlength=len(classes))) if n == 0]:
-        raise UserError(f"class(es) {', '.join(empty)} have no readable image; add images or remove the class.")
-    ids = [Path(os.path.relpath(files[i], base)).as_posix() for i in keep]
-    predefined = None
-    if splits is not None:
-        kept = np.array([splits[i] for i in keep])
-        predefined = {s: np.flatnonzero(kept == s) for s in SPLITS}
-        if len(predefined["train"]) == 0:
-            raise UserError(f"no readable training images under {base}.")
-        carve = [(s, f) for s, f in (("val", val_fraction), ("test", test_fraction)) if len(predefined[s]) == 0]
-        for key, value in carve:
-            _check_fraction(f"{key}_fraction", value)
-        parts = stratified_split(y[predefined["train"]], [f for _, f in carve], seed)
-        for (split, _), part in zip(carve, parts):
-            predefined[split] = predefined["train"][part]
-        predefined["train"] = predefined["train"][parts[-1]]
-    return Source(decoded.images, y, classes, ids, "path", predefined, decoded.skipped)
+    y = np.array([index[label] for label in labels], dtype=np.int64)
+    ids = [Path(os.path.relpath(f, base)).as_posix() for f in files]
+    return Source(np.empty((0, 0, 0, 0), np.uint8), y, classes, ids, "path", paths=list(files), split_names=splits,
+                  on_bad_file=on_bad_file)
 
 
 @DATASETS.register("imagefolder")
@@ -387,8 +488,7 @@ def imagefolder(*, image_size: int, channels: int, seed: int, root: str | None =
         raise UserError("dataset=imagefolder needs dataset.root=FOLDER (class folders, or train/ val/ test/).")
     base = Path(root).expanduser()
     files, labels, classes, splits = scan_imagefolder(base)
-    return _file_source(files, labels, splits, classes, base, image_size=image_size, channels=channels, seed=seed,
-                        val_fraction=val_fraction, test_fraction=test_fraction, on_bad_file=on_bad_file)
+    return _file_source(files, labels, splits, classes, base, on_bad_file)
 
 
 @DATASETS.register("csv")
@@ -401,6 +501,4 @@ def csv_file(*, image_size: int, channels: int, seed: int, file: str | None = No
         raise UserError("dataset=csv needs dataset.file=LABELS.csv (columns path,label and optionally split).")
     path = Path(file).expanduser()
     files, labels, splits = read_label_csv(path)
-    return _file_source(files, labels, splits, sorted_classes(labels), path.parent, image_size=image_size,
-                        channels=channels, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                        on_bad_file=on_bad_file)
+    return _file_source(files, labels, splits, sorted_classes(labels), path.parent, on_bad_file)

@@ -27,12 +27,10 @@ class Decoded:
     skipped: list[tuple[str, str]]  # (path, reason) of the others
 
 
-def decode_files(paths: list[Path], channels: int, size: int, on_bad_file: str = "skip",
-                 workers: int | None = None) -> Decoded:
-    """Decode every file to uint8 (channels, size, size); bad files are skipped (or an error, naming them)."""
-    if on_bad_file not in BAD_FILE_CHOICES:
-        raise UserError(f"dataset.on_bad_file must be skip or error, not '{on_bad_file}'.")
-    out = np.empty((len(paths), channels, size, size), np.uint8)
+def decode_into(out: np.ndarray, paths: list[Path], workers: int | None = None) -> list[str | None]:
+    """Decode paths[i] into out[i] (uint8 (N, C, S, S), an array or a memmap) on a thread pool; the reason per
+    file that did not decode (its row is left as it was), None for the others."""
+    channels, size = out.shape[1], out.shape[2]
 
     def one(i: int) -> str | None:
         try:
@@ -42,7 +40,16 @@ def decode_files(paths: list[Path], channels: int, size: int, on_bad_file: str =
         return None
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        errors = list(pool.map(one, range(len(paths)), chunksize=64))
+        return list(pool.map(one, range(len(paths)), chunksize=64))
+
+
+def decode_files(paths: list[Path], channels: int, size: int, on_bad_file: str = "skip",
+                 workers: int | None = None) -> Decoded:
+    """Decode every file to uint8 (channels, size, size); bad files are skipped (or an error, naming them)."""
+    if on_bad_file not in BAD_FILE_CHOICES:
+        raise UserError(f"dataset.on_bad_file must be skip or error, not '{on_bad_file}'.")
+    out = np.empty((len(paths), channels, size, size), np.uint8)
+    errors = decode_into(out, paths, workers)
     skipped = [(str(p), e) for p, e in zip(paths, errors) if e is not None]
     if skipped and on_bad_file == "error":
         first = "; ".join(f"{p} ({e})" for p, e in skipped[:3])

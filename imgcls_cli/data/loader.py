@@ -1,11 +1,19 @@
-"""In-memory batches: the whole split lives as one uint8 tensor on the device; a batch is an index slice."""
+"""Batches for training and evaluation.
+
+In memory (DeviceLoader): the whole split lives as one uint8 tensor on the device; a batch is an index slice.
+Streaming (StreamLoader): DataLoader workers read each batch from a store; the device does the rest alike.
+"""
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from imgcls_cli.data.augment import BatchAugment
+from imgcls_cli.data.stores import Store
+from imgcls_cli.errors import as_int
 
 
 class DeviceLoader:
@@ -49,23 +57,122 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+    def _order(self, gen: torch.Generator) -> torch.Tensor | None:
+        """This epoch's sample order (None: in storage order), drawn from the epoch's generator."""
         n = len(self.labels)
         if self.sample_weights is not None:
-            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
-        else:
-            order = torch.randperm(n, generator=gen) if self.shuffle else None
+            return torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
+        return torch.randperm(n, generator=gen) if self.shuffle else None
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 image batches and their labels, on the device."""
+        n = len(self.labels)
         order = order.to(self.images.device) if order is not None else None
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:
-                x, y = self.images[lo:hi], self.labels[lo:hi]
+                yield self.images[lo:hi], self.labels[lo:hi]
             else:
                 idx = order[lo:hi]
-                x, y = self.images[idx], self.labels[idx]
+                yield self.images[idx], self.labels[idx]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        for x, y in self._batches(self._order(gen)):
             x = x.float().div_(255)
             if self.augment:
                 x = self.augment(x, gen)
             x = (x - self.mean).mul_(self.inv_std)
             yield x.contiguous(memory_format=self.memory_format), y
+
+
+class _EpochBatches:
+    """The DataLoader's sampler: the index batches of the current epoch (persistent workers keep the loader)."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _StoreBatches(torch.utils.data.Dataset):
+    """One item is one whole batch, read from the store in a worker: (uint8 images, ok mask, positions)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __getitem__(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, ok = self.store.load(positions)
+        return torch.from_numpy(images), torch.from_numpy(ok), torch.from_numpy(positions)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    torch.set_num_threads(1)  # each worker decodes one batch; the cores are shared out between workers
+    cv2.setNumThreads(1)
+
+
+class StreamLoader(DeviceLoader):
+    """DeviceLoader's batches and augmentation for images that are not in memory: DataLoader workers read each
+    batch from a store (decoding files or reading the decoded cache), then it goes to the device whole.
+
+    A file that does not decode is left out of its batch and listed in `skipped` (path, reason).
+    """
+
+    def __init__(self, store: Store, labels: torch.Tensor, batch_size: int, mean: list[float], std: list[float], *,
+                 device: torch.device, num_workers: int = 0, **kwargs: Any) -> None:
+        super().__init__(torch.empty(0, device=device), labels, batch_size, mean, std, **kwargs)
+        self.store, self.device = store, device
+        self.skipped: dict[str, str] = {}
+        self.sampler = _EpochBatches()
+        self.loader = torch.utils.data.DataLoader(
+            _StoreBatches(store), sampler=self.sampler, batch_size=None, num_workers=num_workers,
+            persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
+            worker_init_fn=_worker_init if num_workers > 0 else None,
+            prefetch_factor=4 if num_workers > 0 else None)
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        positions = order.numpy() if order is not None else np.arange(n)
+        self.sampler.batches = [positions[b * self.batch_size:min((b + 1) * self.batch_size, n)]
+                                for b in range(len(self))]
+        labels = self.labels.cpu()
+        for images, ok, pos in self.loader:
+            if not ok.all():
+                for p in pos[~ok].tolist():
+                    self.skipped.setdefault(self.store.name(p), "not a decodable image")
+                images, pos = images[ok], pos[ok]
+                if len(pos) == 0:
+                    continue
+            yield (images.to(self.device, non_blocking=True),
+                   labels[pos].to(self.device, non_blocking=True))
+
+
+def read_ids(loader: DeviceLoader, ids: list[str]) -> list[str]:
+    """The ids of the samples an unshuffled loader yielded: all of them, less the files a stream could not read."""
+    if not isinstance(loader, StreamLoader) or not loader.skipped:
+        return ids
+    return [i for p, i in enumerate(ids) if loader.store.name(p) not in loader.skipped]
+
+
+def resolve_workers(setting: Any) -> int:
+    """num_workers: auto (one per core but one for the training process, at most 8) or a whole number >= 0."""
+    if setting in (None, "auto"):
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return as_int(setting, "num_workers", minimum=0)
+
+
+def make_loader(images: torch.Tensor | Store, labels: torch.Tensor, batch_size: int, mean: list[float],
+                std: list[float], *, device: torch.device, num_workers: int = 0, **kwargs: Any) -> DeviceLoader:
+    """A DeviceLoader over images moved to the device, or a StreamLoader over a store."""
+    if isinstance(images, torch.Tensor):
+        return DeviceLoader(images.to(device), labels.to(device), batch_size, mean, std, **kwargs)
+    return StreamLoader(images, labels, batch_size, mean, std, device=device, num_workers=num_workers, **kwargs)

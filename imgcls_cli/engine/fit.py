@@ -34,8 +34,12 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     on_batch: BatchCallback | None = None,
     sync_every: int = 10,
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> EpochResult:
-    """One pass over the loader; loss and accuracy are accumulated on the device and read every sync_every steps."""
+    """One pass over the loader; loss and accuracy are accumulated on the device and read every sync_every steps.
+
+    mix: batch-level MixUp/CutMix, (x, labels) -> (mixed x, soft targets); accuracy then counts the dominant class.
+    """
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -43,9 +47,13 @@ def train_one_epoch(
     seen, shown = 0, 0
     start = time.perf_counter()
     for step, (x, y) in enumerate(loader):
+        target = y
+        if mix is not None:
+            x, target = mix(x, y)
+            y = target.argmax(1)
         with amp() if callable(amp) else amp:
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = loss_fn(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

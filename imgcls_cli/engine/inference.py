@@ -11,7 +11,7 @@ from torch import nn
 from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.data.datasets import SPLITS, load_dataset
-from imgcls_cli.data.loader import DeviceLoader
+from imgcls_cli.data.loader import StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
 from imgcls_cli.engine.fit import predict_logits
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
@@ -46,7 +46,8 @@ def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | N
     set (dataset_keys), so split=test is the same test split; another dataset comes as configured.
     """
     trained = ckpt["config"]["dataset"]
-    same = dataset_cfg is None or dataset_cfg.get("name") == trained.get("name")
+    # +dataset.KEY=VALUE alone (no dataset=NAME) changes a key of the checkpoint's own dataset.
+    same = not dataset_cfg or dataset_cfg.get("name", trained.get("name")) == trained.get("name")
     if dataset_cfg is None:
         cfg = dict(trained)
     elif same:
@@ -72,6 +73,7 @@ def run_eval(
     precision: str = "auto",
     batch_size: int | None = None,
     topk: int = 5,
+    num_workers: Any = "auto",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split; write metrics.json and the other reports into run_dir."""
     if split not in SPLITS:
@@ -97,11 +99,14 @@ def run_eval(
     channels_last = use_channels_last(train_cfg.get("channels_last", "auto"), dev)  # as in training: same numbers
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(data.images.to(dev), data.labels.to(dev), batch_size, inp["mean"], inp["std"],
-                          channels_last=channels_last)
+    loader = make_loader(data.images, data.labels, batch_size, inp["mean"], inp["std"], device=dev,
+                         num_workers=resolve_workers(num_workers), channels_last=channels_last)
     logits, targets = predict_logits(model, loader, lambda: autocast(dev, prec))
     probs = torch.softmax(logits, 1).numpy()
-    metrics = write_eval_reports(run_dir, probs, targets.numpy(), list(ckpt["classes"]), data.ids,
+    ids = read_ids(loader, data.ids)
+    if isinstance(loader, StreamLoader) and loader.skipped:  # files that stopped decoding since training
+        write_skipped_files(Path(run_dir), [*bundle.skipped, *sorted(loader.skipped.items())], log)
+    metrics = write_eval_reports(run_dir, probs, targets.numpy(), list(ckpt["classes"]), ids,
                                  bundle.id_column, topk,
                                  extra={"split": split, "checkpoint": str(checkpoint), "epoch": ckpt.get("epoch")})
     rows = [("checkpoint", str(checkpoint)), ("dataset", f"{bundle.name} ({split}, {len(data)} images)")]

@@ -16,7 +16,7 @@ from imgcls_cli import console as out
 from imgcls_cli.checkpoint import save_checkpoint
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
-from imgcls_cli.data.loader import DeviceLoader
+from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
 from imgcls_cli.engine.fit import predict_logits, train_one_epoch
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
@@ -25,12 +25,13 @@ from imgcls_cli.models import create_model
 from imgcls_cli.models import input_size as model_input_size
 from imgcls_cli.models import normalization as model_norm
 from imgcls_cli.optim import build_optimizer, optimizer_options
-from imgcls_cli.plots import plot_curves
+from imgcls_cli.plots import plot_augment_preview, plot_curves
 from imgcls_cli.rundir import (METRIC_COLUMNS, command_line, git_commit, versions, write_csv, write_json,
                                write_text_atomic)
 from imgcls_cli.schedule import build_schedule, lr_scheduler
 
 log = logging.getLogger("imgcls")
+MIX_STREAM = 500_009  # offsets the MixUp/CutMix generator's seed from the loader's
 
 
 def positive_int(cfg: dict[str, Any], key: str) -> int:
@@ -138,6 +139,20 @@ def sampler_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, num_class
     return 1.0 / counts[labels.cpu()]
 
 
+def write_augment_preview(loader: DeviceLoader, mixer: Any, bundle: DatasetBundle, path: Path) -> None:
+    """plots/augment_preview.png: the first training batch as augmented (and mixed), with its labels.
+
+    It is drawn from epoch 0, which training never uses, so the preview changes no number of the run.
+    """
+    loader.set_epoch(0)
+    x, y = next(iter(loader))
+    labels: torch.Tensor = y
+    if mixer is not None:
+        x, labels = mixer(x, y, torch.Generator().manual_seed(MIX_STREAM))
+    plot_augment_preview(x[:32].float().cpu(), labels[:32].cpu(), bundle.classes, path, mean=bundle.mean,
+                         std=bundle.std)
+
+
 class Run:
     """The state of one training run and the files it writes into run_dir."""
 
@@ -196,6 +211,7 @@ def _fit(run: Run) -> None:
     device = resolve_device(cfg["device"])
     precision = resolve_precision(cfg["precision"], device)
     channels_last = use_channels_last(cfg.get("channels_last", "auto"), device)
+    num_workers = resolve_workers(cfg.get("num_workers", "auto"))
     run.summary.update(device=str(device), precision=precision, channels_last=channels_last,
                        versions=versions(), git_commit=git_commit())
     seed_everything(seed)
@@ -215,13 +231,19 @@ def _fit(run: Run) -> None:
     log.info(f"model {model_name}: {n_params / 1e6:.2f}M parameters; device {device}, precision {precision}"
              f"{', channels_last' if channels_last else ''}")
 
-    splits = {s: (bundle.splits[s].images.to(device), bundle.splits[s].labels.to(device)) for s in bundle.splits}
     train_labels = bundle.splits["train"].labels
-    train_loader = DeviceLoader(*splits["train"], batch_size, bundle.mean, bundle.std, shuffle=True,
-                                drop_last=True, augment=augment, seed=seed, channels_last=channels_last,
-                                sample_weights=sampler_weights(cfg["dataset"], train_labels, bundle.num_classes))
-    eval_loaders = {s: DeviceLoader(*splits[s], eval_batch_size, bundle.mean, bundle.std,
-                                    channels_last=channels_last) for s in ("val", "test")}
+    loader_args = {"device": device, "num_workers": num_workers, "channels_last": channels_last}
+    train_loader = make_loader(bundle.splits["train"].images, train_labels, batch_size, bundle.mean, bundle.std,
+                               shuffle=True, drop_last=True, augment=augment, seed=seed,
+                               sample_weights=sampler_weights(cfg["dataset"], train_labels, bundle.num_classes),
+                               **loader_args)
+    eval_loaders = {s: make_loader(bundle.splits[s].images, bundle.splits[s].labels, eval_batch_size, bundle.mean,
+                                   bundle.std, **loader_args) for s in ("val", "test")}
+    if not bundle.splits["train"].in_memory:
+        log.info(f"images stream from {type(train_loader.store).__name__} with {num_workers} worker(s) "
+                 "(not in memory: dataset.in_memory, dataset.memory_budget_gb)")
+    mixer = augment.mixer(bundle.num_classes)
+    write_augment_preview(train_loader, mixer, bundle, run_dir / "plots" / "augment_preview.png")
     optimizer = build_optimizer(model, cfg["optimizer"])
     scheduler = lr_scheduler(optimizer, lr_factor, len(train_loader))
     weights = class_weights(cfg["dataset"], train_labels, bundle.classes)
@@ -238,7 +260,12 @@ def _fit(run: Run) -> None:
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         with out.EpochProgress(f"epoch {epoch}/{epochs}", len(train_loader.labels)) as bar:
-            result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler, bar.update)
+            mix = None
+            if mixer is not None:
+                mix_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + MIX_STREAM)
+                mix = lambda x, y: mixer(x, y, mix_gen)  # noqa: E731
+            result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler, bar.update,
+                                     mix=mix)
         step += len(train_loader)
         if not np.isfinite(result.loss):
             raise DivergedError(f"training diverged: the loss is {result.loss} in epoch {epoch}; the last good "
@@ -277,6 +304,10 @@ def _fit(run: Run) -> None:
 
     test_metrics = evaluate_best(model, run_dir, eval_loaders["test"], bundle, amp, topk)
     run.summary["test_accuracy"] = test_metrics.get("accuracy")
+    streamed = [ld for ld in (train_loader, *eval_loaders.values()) if isinstance(ld, StreamLoader)]
+    if streamed:  # bad files found while streaming
+        found = {**{p: why for ld in streamed for p, why in ld.skipped.items()}, **dict(bundle.skipped)}
+        write_skipped_files(run_dir, sorted(found.items()), log)
     run.write_summary("completed")
     _results_table(run, model_name, bundle.name, test_metrics)
 
@@ -292,7 +323,7 @@ def evaluate_best(model: nn.Module, run_dir: Path, loader: DeviceLoader, bundle:
     logits, targets = predict_logits(model, loader, amp)
     probs = torch.softmax(logits, 1).numpy()
     return write_eval_reports(run_dir / "eval", probs, targets.numpy(), bundle.classes,
-                              bundle.splits["test"].ids, bundle.id_column, topk,
+                              read_ids(loader, bundle.splits["test"].ids), bundle.id_column, topk,
                               extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"]})
 
 
