@@ -68,6 +68,13 @@ def _run_hydra(command: str, rest: list[str]) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a corrupt input is reported once, by us
     app = importlib.import_module(f"imgcls_cli.commands.{command}").main
+    if command == "train":
+        from imgcls_cli.commands.resume import resume_args
+
+        try:
+            rest = resume_args(rest)
+        except UserError as exc:
+            return fail(str(exc))
     sys.argv = [f"imgcls-{command}", *rest]
     status = _guard(app)
     if status == 0 and command == "train":

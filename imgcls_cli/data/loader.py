@@ -47,6 +47,8 @@ class DeviceLoader:
         self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
+        self._start: tuple[int, torch.Tensor | None] | None = None
+        self.gen, self.next_batch = torch.Generator(), 0
         # Weighted sampling with replacement (dataset.sampler=balanced): an epoch is as many draws as images.
         self.sample_weights = None if sample_weights is None else sample_weights.double().cpu()
 
@@ -64,25 +66,40 @@ class DeviceLoader:
             return torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
         return torch.randperm(n, generator=gen) if self.shuffle else None
 
-    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """uint8 image batches and their labels, on the device."""
+    def _batches(self, order: torch.Tensor | None, start: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(batch index, uint8 images, labels) on the device, from batch `start` on."""
         n = len(self.labels)
         order = order.to(self.images.device) if order is not None else None
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:
-                yield self.images[lo:hi], self.labels[lo:hi]
+                yield b, self.images[lo:hi], self.labels[lo:hi]
             else:
                 idx = order[lo:hi]
-                yield self.images[idx], self.labels[idx]
+                yield b, self.images[idx], self.labels[idx]
+
+    def start_at(self, batch: int, gen_state: torch.Tensor) -> None:
+        """Make the next pass (of the epoch set with set_epoch) begin at `batch`, with the generator as it was
+        there: a resumed run sees the very batches and augmentations the interrupted one would have."""
+        self._start = (batch, gen_state)
+
+    def position(self) -> dict[str, Any]:
+        """Where the pass in progress is: the next batch and the generator's state (saved in last.pt)."""
+        return {"batch": self.next_batch, "gen": self.gen.get_state()}
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        for x, y in self._batches(self._order(gen)):
+        order = self._order(gen)
+        start, self._start = (self._start or (0, None)), None
+        if start[1] is not None:
+            gen.set_state(start[1])
+        self.gen, self.next_batch = gen, start[0]
+        for b, x, y in self._batches(order, start[0]):
             x = x.float().div_(255)
             if self.augment:
                 x = self.augment(x, gen)
             x = (x - self.mean).mul_(self.inv_std)
+            self.next_batch = b + 1
             yield x.contiguous(memory_format=self.memory_format), y
 
 
@@ -139,20 +156,20 @@ class StreamLoader(DeviceLoader):
             worker_init_fn=_worker_init if num_workers > 0 else None,
             prefetch_factor=4 if num_workers > 0 else None)
 
-    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, order: torch.Tensor | None, start: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         positions = order.numpy() if order is not None else np.arange(n)
         self.sampler.batches = [positions[b * self.batch_size:min((b + 1) * self.batch_size, n)]
-                                for b in range(len(self))]
+                                for b in range(start, len(self))]
         labels = self.labels.cpu()
-        for images, ok, pos in self.loader:
+        for b, (images, ok, pos) in enumerate(self.loader, start):
             if not ok.all():
                 for p in pos[~ok].tolist():
                     self.skipped.setdefault(self.store.name(p), "not a decodable image")
                 images, pos = images[ok], pos[ok]
                 if len(pos) == 0:
                     continue
-            yield (images.to(self.device, non_blocking=True),
+            yield (b, images.to(self.device, non_blocking=True),
                    labels[pos].to(self.device, non_blocking=True))
 
 

@@ -13,6 +13,15 @@ BatchCallback = Callable[[int, float, float], None]  # (images in batch, running
 
 
 @dataclass
+class Running:
+    """An epoch's running sums; saved mid-epoch, so that a resumed epoch reports what an uninterrupted one would."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+
+@dataclass
 class EpochResult:
     loss: float
     accuracy: float
@@ -35,16 +44,21 @@ def train_one_epoch(
     on_batch: BatchCallback | None = None,
     sync_every: int = 10,
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    running: Running | None = None,
+    after_step: Callable[[Callable[[], Running]], None] | None = None,
 ) -> EpochResult:
     """One pass over the loader; loss and accuracy are accumulated on the device and read every sync_every steps.
 
     mix: batch-level MixUp/CutMix, (x, labels) -> (mixed x, soft targets); accuracy then counts the dominant class.
+    running: the sums of the part of this epoch done before a resume. after_step(sums) runs after every
+    optimizer step (checkpoints, signals); `sums()` reads the running sums (a device sync, so only when needed).
     """
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen, shown = 0, 0
+    running = running or Running()
+    loss_sum = torch.full((), running.loss_sum, device=device, dtype=torch.float64)
+    correct = torch.full((), running.correct, device=device, dtype=torch.int64)
+    seen = shown = running.seen
     start = time.perf_counter()
     for step, (x, y) in enumerate(loader):
         target = y
@@ -67,13 +81,15 @@ def train_one_epoch(
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
+        if after_step is not None:
+            after_step(lambda: Running(loss_sum.item(), int(correct.item()), seen))
         if on_batch is not None and (step + 1) % sync_every == 0:
             on_batch(seen - shown, loss_sum.item() / seen, correct.item() / seen)
             shown = seen
     if on_batch is not None and seen > shown:
         on_batch(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
     seconds = time.perf_counter() - start
-    return EpochResult(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen, seconds)
+    return EpochResult(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen - running.seen, seconds)
 
 
 @torch.inference_mode()

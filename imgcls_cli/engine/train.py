@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,7 +21,7 @@ from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
-from imgcls_cli.engine.fit import predict_logits, train_one_epoch
+from imgcls_cli.engine.fit import Running, predict_logits, train_one_epoch
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
@@ -56,6 +59,53 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back every global RNG state saved by rng_state()."""
+    random.setstate(_as_tuples(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    """random.getstate() is nested tuples; a checkpoint may give them back as lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: last.pt was written where the run stopped."""
+
+    def __init__(self, signum: int, epoch: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} in epoch {epoch} at step {step}")
+        self.signum = signum
+
+
+def warn_changed_settings(saved: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """A resume with other epochs or another schedule continues, but says what that changes."""
+    for key in ("epochs", "schedule", "optimizer", "batch_size"):
+        if saved.get(key) != cfg.get(key):
+            log.warning(f"resume: {key} was {saved.get(key)} and is now {cfg.get(key)}; the run continues with "
+                        f"the new value, so the learning-rate curve (and the numbers) differ from an uninterrupted "
+                        f"run")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.csv rows with numbers as numbers (empty cells as None), to append to on resume."""
+    from imgcls_cli.rundir import read_csv
+
+    if not path.is_file():
+        return []
+    rows = []
+    for row in read_csv(path):
+        parsed: dict[str, Any] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+        parsed["epoch"] = int(parsed["epoch"])
+        rows.append(parsed)
+    return rows
 
 
 def model_input(bundle: DatasetBundle) -> dict[str, Any]:
@@ -161,6 +211,8 @@ class Run:
         self.started = time.perf_counter()
         self.rows: list[dict[str, Any]] = []
         self.explicit_keys: set[str] = set()
+        self.resume_state: dict[str, Any] | None = None  # last.pt of the run being continued
+        self.stop_signal = 0  # SIGINT or SIGTERM once one arrived
         self.summary: dict[str, Any] = {"status": "running", "best_epoch": None, "best_val_accuracy": None,
                                         "test_accuracy": None, "seed": cfg.get("seed"), "command": command_line()}
 
@@ -181,8 +233,32 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[s
     """
     run = Run(cfg, Path(run_dir))
     run.explicit_keys = set(explicit_keys or [])
+    last = run.run_dir / "checkpoints" / "last.pt"
+    if cfg.get("resume") and last.is_file():
+        from imgcls_cli.checkpoint import load_checkpoint
+
+        run.resume_state = load_checkpoint(last)
+        if "best" not in run.resume_state:
+            raise UserError(f"{last} holds no training state to resume from (written by another version?).")
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if run.stop_signal:  # a second one: stop now
+            raise KeyboardInterrupt
+        run.stop_signal = signum
+        log.warning(f"{signal.Signals(signum).name}: finishing this step, then writing last.pt "
+                    "(again to stop at once)")
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in previous:
+            signal.signal(sig, on_signal)
     try:
         _fit(run)
+    except Interrupted as exc:
+        run.write_summary("interrupted", error=str(exc))
+        print(f"interrupted: {exc}; last.pt is saved. Continue with: imgcls train resume={run.run_dir}",
+              file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
     except KeyboardInterrupt:
         run.write_summary("interrupted")
         raise
@@ -192,6 +268,10 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[s
     except BaseException as exc:
         run.write_summary("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return run.summary
 
 
@@ -214,6 +294,7 @@ def _fit(run: Run) -> None:
     num_workers = resolve_workers(cfg.get("num_workers", "auto"))
     run.summary.update(device=str(device), precision=precision, channels_last=channels_last,
                        versions=versions(), git_commit=git_commit())
+    run.write_summary()  # status "running" until the run ends, however it ends
     seed_everything(seed)
 
     adapt_input_size(run)
@@ -254,19 +335,60 @@ def _fit(run: Run) -> None:
     base = {"model": {"name": model_name, "kwargs": model_kwargs}, "classes": bundle.classes,
             "input": model_input(bundle), "config": cfg}
     has_val = len(bundle.splits["val"]) > 0
-    best_acc, best_epoch, step = -1.0, 0, 0
-    for epoch in range(1, epochs + 1):
+    every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
+                           minimum=0)
+    best_acc, best_epoch, step, start_epoch, position = -1.0, 0, 0, 1, None
+    resumed = run.resume_state
+    if resumed is not None:
+        warn_changed_settings(resumed["config"], cfg)
+        model.load_state_dict(resumed["state_dict"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        best_acc, best_epoch = resumed["best"]["score"], resumed["best"]["epoch"]
+        step, start_epoch, position = resumed["step"], resumed["epoch"] + 1, resumed.get("position")
+        run.rows = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= resumed["epoch"]]
+        run.summary.update(best_epoch=best_epoch or None, best_val_accuracy=best_acc if has_val and best_epoch
+                           else None, epochs_completed=resumed["epoch"])
+        where = f"epoch {start_epoch}, batch {position['batch']}" if position else f"epoch {start_epoch}"
+        log.info(f"resuming {run_dir} at {where} (step {step})")
+        restore_rng(resumed["rng"])
+
+    def save_last(epoch_done: int, at: dict[str, Any] | None) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_checkpoint({**base, "state_dict": state, "epoch": epoch_done, "step": step,
+                         "metrics": {k: v for k, v in run.rows[-1].items() if k != "epoch"} if run.rows else {},
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
+                         "best": {"score": best_acc, "epoch": best_epoch}, "position": at},
+                        run_dir / "checkpoints" / "last.pt")
+
+    for epoch in range(start_epoch, epochs + 1):
         epoch_start = time.perf_counter()
         train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        mix_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + MIX_STREAM)
+        running = None
+        if position is not None:  # the rest of an epoch that a resumed run had begun
+            train_loader.start_at(position["batch"], position["gen"])
+            mix_gen.set_state(position["mix_gen"])
+            running, epoch_lr, position = Running(**position["running"]), position["lr"], None
+        mix = (lambda x, y: mixer(x, y, mix_gen)) if mixer is not None else None
+        lr = optimizer.param_groups[0]["lr"] if running is None else epoch_lr
+
+        def after_step(sums: Callable[[], Running]) -> None:
+            nonlocal step
+            step += 1
+            stop = run.stop_signal
+            if stop or (every_n_steps and step % every_n_steps == 0):
+                save_last(epoch - 1, {"epoch": epoch, **train_loader.position(), "mix_gen": mix_gen.get_state(),
+                                      "running": vars(sums()), "lr": lr})
+            if stop:
+                raise Interrupted(stop, epoch, step)
+
         with out.EpochProgress(f"epoch {epoch}/{epochs}", len(train_loader.labels)) as bar:
-            mix = None
-            if mixer is not None:
-                mix_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + MIX_STREAM)
-                mix = lambda x, y: mixer(x, y, mix_gen)  # noqa: E731
             result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler, bar.update,
-                                     mix=mix)
-        step += len(train_loader)
+                                     mix=mix, running=running, after_step=after_step)
         if not np.isfinite(result.loss):
             raise DivergedError(f"training diverged: the loss is {result.loss} in epoch {epoch}; the last good "
                                 f"checkpoint is kept; lower optimizer.lr.")
@@ -283,21 +405,21 @@ def _fit(run: Run) -> None:
         write_csv(run_dir / "metrics.csv", run.rows, METRIC_COLUMNS)
         score = val_acc if has_val else result.accuracy
         improved = score > best_acc
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        epoch_metrics = {k: v for k, v in row.items() if k != "epoch"}
-        payload = {**base, "state_dict": state, "epoch": epoch, "step": step, "metrics": epoch_metrics}
-        save_checkpoint({**payload, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict() if scaler else None, "rng": rng_state()},
-                        run_dir / "checkpoints" / "last.pt")
         if improved:
             best_acc, best_epoch = score, epoch
-            save_checkpoint(payload, run_dir / "checkpoints" / "best.pt")
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint({**base, "state_dict": state, "epoch": epoch, "step": step,
+                             "metrics": {k: v for k, v in row.items() if k != "epoch"}},
+                            run_dir / "checkpoints" / "best.pt")
+        save_last(epoch, None)
         val_text = f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if has_val else ""
         log.info(f"epoch {epoch}/{epochs}  lr {lr:.3g}  train_loss {result.loss:.4f}  train_acc "
                  f"{result.accuracy:.4f}{val_text}  {row['epoch_seconds']:.1f}s  "
                  f"{result.images_per_second:.0f} img/s{'  *' if improved else ''}")
         run.summary.update(best_epoch=best_epoch, best_val_accuracy=best_acc if has_val else None,
                            epochs_completed=epoch)
+        if run.stop_signal:  # arrived during validation: the epoch is saved whole
+            raise Interrupted(run.stop_signal, epoch, step)
     plot_curves(run.rows, run_dir / "plots" / "curves.png")
     speeds = [r["images_per_second"] for r in run.rows[1:]] or [run.rows[-1]["images_per_second"]]
     run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
