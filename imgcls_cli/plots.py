@@ -167,3 +167,18 @@ def _preview_title(target: np.ndarray, classes: Sequence[str]) -> str:
     if len(shown) == 1 and target[shown[0]] >= 0.995:
         return str(classes[int(shown[0])])
     return " / ".join(f"{classes[int(i)]} {target[i]:.2f}" for i in shown)
+
+
+def plot_lr(lrs_per_step: Sequence[float], iters_per_epoch: int, path: Path) -> None:
+    """Save the learning rate of every scheduler step against the epoch, to check a schedule and its warmup by eye."""
+    if len(lrs_per_step) == 0 or iters_per_epoch < 1:
+        raise ValueError(f"need lrs and iters_per_epoch >= 1, got {len(lrs_per_step)} lrs, {iters_per_epoch}")
+    lrs = np.asarray(lrs_per_step, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(np.arange(len(lrs)) / iters_per_epoch, lrs)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning rate")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)

@@ -17,12 +17,20 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "va
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write beside path, then os.replace: the file on disk is the old one or the new one, never half of one."""
+    from imgcls_cli.errors import UserError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp.exists():
+            tmp.unlink()
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous file is intact.") from None
 
 
 def write_json(path: str | Path, data: Any) -> None:

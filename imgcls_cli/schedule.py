@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -13,6 +14,28 @@ SCHEDULES: Registry = Registry("schedule")
 Factor = Callable[[float], float]
 
 
+def _checked(value: object, key: str, ok: Callable[[float], bool], expected: str) -> float:
+    """A config number that passes ok, or a one-line UserError naming the key and what it must be."""
+    number = as_float(value, key)
+    if not ok(number):
+        raise UserError(f"{key} must be {expected}, not {value}.")
+    return number
+
+
+def _gamma(value: object) -> float:
+    return _checked(value, "schedule.gamma", lambda x: 0 < x < math.inf, "positive")
+
+
+def _ratio(value: object, key: str) -> float:
+    """A fraction of the base lr that the schedule reaches."""
+    return _checked(value, key, lambda x: 0 <= x <= 1, "in [0, 1]")
+
+
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    """From start at progress 0 to end at progress 1 along half a cosine: flat at both ends, steepest midway."""
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 @SCHEDULES.register("constant")
 def constant(*, epochs: int, **_: Any) -> Factor:
     return lambda t: 1.0
@@ -21,18 +44,53 @@ def constant(*, epochs: int, **_: Any) -> Factor:
 @SCHEDULES.register("step")
 def step(*, epochs: int, step_size: float = 5, gamma: float = 0.1, **_: Any) -> Factor:
     """lr0 * gamma ** floor(t / step_size)"""
-    step_size, gamma = as_float(step_size, "schedule.step_size"), as_float(gamma, "schedule.gamma")
-    if step_size <= 0:
-        raise UserError(f"schedule.step_size must be positive, not {step_size}.")
+    step_size = _checked(step_size, "schedule.step_size", lambda x: 0 < x < math.inf, "positive")
+    gamma = _gamma(gamma)
     return lambda t: gamma ** math.floor(t / step_size + 1e-9)
+
+
+@SCHEDULES.register("multistep")
+def multistep(*, epochs: int, milestones: Sequence[float] = (30, 60), gamma: float = 0.1, **_: Any) -> Factor:
+    """lr0 * gamma ** (number of milestones <= t): drops at chosen epochs, as the ResNet recipe does."""
+    if isinstance(milestones, str) or not isinstance(milestones, Sequence):
+        raise UserError(f"schedule.milestones must be a list of epochs, not {milestones!r}.")
+    points = [_checked(m, "schedule.milestones", lambda x: 0 <= x < math.inf, "epochs >= 0") for m in milestones]
+    gamma = _gamma(gamma)
+    return lambda t: gamma ** sum(t + 1e-9 >= m for m in points)
+
+
+@SCHEDULES.register("exponential")
+def exponential(*, epochs: int, k: float = 0.1, **_: Any) -> Factor:
+    """lr0 * exp(-k t): the lr shrinks by the same factor e^-k every epoch, smoothly within it."""
+    k = _checked(k, "schedule.k", lambda x: 0 <= x < math.inf, ">= 0")
+    return lambda t: math.exp(-k * t)
 
 
 @SCHEDULES.register("cosine")
 def cosine(*, epochs: int, min_lr_ratio: float = 0.0, **_: Any) -> Factor:
     """lr_min + 1/2 (lr_max - lr_min)(1 + cos(pi t / T)), as a fraction of lr_max."""
     total = max(float(epochs), 1e-9)
-    min_lr_ratio = as_float(min_lr_ratio, "schedule.min_lr_ratio")
-    return lambda t: min_lr_ratio + 0.5 * (1 - min_lr_ratio) * (1 + math.cos(math.pi * min(t, total) / total))
+    min_lr_ratio = _ratio(min_lr_ratio, "schedule.min_lr_ratio")
+    return lambda t: _cosine_between(1.0, min_lr_ratio, min(t, total) / total)
+
+
+@SCHEDULES.register("onecycle")
+def onecycle(*, epochs: int, pct_start: float = 0.3, start_ratio: float = 1 / 25, final_ratio: float = 1 / 25e4,
+             **_: Any) -> Factor:
+    """OneCycleLR's shape (Smith & Topin 2018): by cosine from start_ratio up to 1 over pct_start of the run, then
+    down to final_ratio. The long stretch at a high lr regularizes; the final anneal settles the weights."""
+    total = max(float(epochs), 1e-9)
+    peak = _checked(pct_start, "schedule.pct_start", lambda x: 0 <= x < 1, "in [0, 1)") * total
+    start_ratio = _checked(start_ratio, "schedule.start_ratio", lambda x: 0 < x <= 1, "in (0, 1]")
+    final_ratio = _ratio(final_ratio, "schedule.final_ratio")
+
+    def factor(t: float) -> float:
+        t = min(t, total)
+        if t < peak:
+            return _cosine_between(start_ratio, 1.0, t / peak)
+        return _cosine_between(1.0, final_ratio, (t - peak) / (total - peak))
+
+    return factor
 
 
 def build_schedule(cfg: dict[str, Any], epochs: int) -> Factor:

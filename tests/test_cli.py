@@ -91,7 +91,7 @@ def test_train_run_directory_holds_exactly_the_design_files(trained_run):
         "checkpoints/last.pt", "checkpoints/best.pt",
         "eval/metrics.json", "eval/per_class.csv", "eval/confusion_matrix.csv", "eval/confusion_matrix.png",
         "eval/predictions.csv",
-        "plots/curves.png", "plots/augment_preview.png", "splits.csv",
+        "plots/curves.png", "plots/augment_preview.png", "plots/lr.png", "splits.csv",
     }
     assert files_under(trained_run.run_dir) == expected  # no temporary or stray files either
 

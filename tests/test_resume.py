@@ -108,3 +108,13 @@ def test_a_resume_with_other_epochs_says_what_changes(caplog):
     with caplog.at_level("WARNING", logger="imgcls"):
         warn_changed_settings(saved, {**saved, "epochs": 20})
     assert len(caplog.records) == 1 and "epochs was 10 and is now 20" in caplog.text
+
+
+def test_a_run_directory_that_cannot_take_checkpoints_is_one_line_and_a_failed_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the checkpoints folder should be")
+    result = run_cli("train", "dataset.max_train_samples=200", "epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_user_error(result, "cannot write checkpoint", "checkpoints")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "failed" and "cannot write checkpoint" in summary["error"]

@@ -27,10 +27,29 @@ class EpochResult:
     accuracy: float
     images: int
     seconds: float
+    skipped: int = 0  # batches left out for a non-finite loss (on_nan=skip_batch)
 
     @property
     def images_per_second(self) -> float:
         return self.images / max(self.seconds, 1e-9)
+
+
+@dataclass
+class StepOptions:
+    """How each optimizer step is taken (all off by default)."""
+
+    penalty: Callable[[], torch.Tensor] | None = None  # explicit L1/L2 term added to the loss
+    grad_clip_norm: float | None = None  # clip the gradients' global norm to this
+    accumulate_steps: int = 1  # batches whose gradients add up into one optimizer step
+    on_nan: str = "stop"  # stop | skip_batch: what a non-finite loss does
+
+
+class NonFiniteLoss(Exception):
+    """The loss was NaN or infinite (on_nan=stop); `step` is the optimizer step it happened at."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"the loss became NaN or infinite at step {step}")
+        self.step = step
 
 
 def train_one_epoch(
@@ -46,21 +65,37 @@ def train_one_epoch(
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     running: Running | None = None,
     after_step: Callable[[Callable[[], Running]], None] | None = None,
+    options: StepOptions | None = None,
+    first_step: int = 0,
 ) -> EpochResult:
     """One pass over the loader; loss and accuracy are accumulated on the device and read every sync_every steps.
 
     mix: batch-level MixUp/CutMix, (x, labels) -> (mixed x, soft targets); accuracy then counts the dominant class.
     running: the sums of the part of this epoch done before a resume. after_step(sums) runs after every
     optimizer step (checkpoints, signals); `sums()` reads the running sums (a device sync, so only when needed).
+    A non-finite loss raises NonFiniteLoss naming its step (first_step + steps taken here), found without a
+    sync per step; with on_nan=skip_batch such a batch is left out (one sync per step) and counted.
     """
+    options = options or StepOptions()
     model.train()
     device = next(model.parameters()).device
     running = running or Running()
     loss_sum = torch.full((), running.loss_sum, device=device, dtype=torch.float64)
     correct = torch.full((), running.correct, device=device, dtype=torch.int64)
+    first_bad = torch.full((), -1, device=device, dtype=torch.int64)
     seen = shown = running.seen
+    steps, skipped, pending = first_step, 0, 0
     start = time.perf_counter()
-    for step, (x, y) in enumerate(loader):
+
+    def take_step(done: int) -> int:
+        _optimizer_step(model, optimizer, scaler, options.grad_clip_norm)
+        scheduler.step()
+        if after_step is not None:
+            after_step(lambda: _checked(Running(loss_sum.item(), int(correct.item()), seen), first_bad))
+        return done + 1
+
+    optimizer.zero_grad(set_to_none=True)
+    for batch, (x, y) in enumerate(loader):
         target = y
         if mix is not None:
             x, target = mix(x, y)
@@ -68,28 +103,57 @@ def train_one_epoch(
         with amp() if callable(amp) else amp:
             logits = model(x)
             loss = loss_fn(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        if options.penalty is not None:  # in float32, outside autocast
+            loss = loss + options.penalty()
+        finite = torch.isfinite(loss.detach())
+        if options.on_nan == "skip_batch" and not bool(finite):
+            skipped += 1
+            continue
+        first_bad = torch.where(~finite & (first_bad < 0), steps + 1, first_bad)
+        scaled = loss / options.accumulate_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        pending += 1
         n = len(y)
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
-        if after_step is not None:
-            after_step(lambda: Running(loss_sum.item(), int(correct.item()), seen))
-        if on_batch is not None and (step + 1) % sync_every == 0:
-            on_batch(seen - shown, loss_sum.item() / seen, correct.item() / seen)
+        if pending == options.accumulate_steps:
+            steps, pending = take_step(steps), 0
+        if on_batch is not None and (batch + 1) % sync_every == 0:
+            _checked(None, first_bad)
+            on_batch(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
             shown = seen
+    if pending:  # the epoch's last, shorter accumulation
+        steps = take_step(steps)
+    _checked(None, first_bad)
     if on_batch is not None and seen > shown:
         on_batch(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
     seconds = time.perf_counter() - start
-    return EpochResult(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen - running.seen, seconds)
+    return EpochResult(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen - running.seen, seconds,
+                       skipped)
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                    clip: float | None) -> None:
+    if scaler is not None:
+        if clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _checked(value: Running | None, first_bad: torch.Tensor) -> Running | None:
+    """value, after making sure no loss so far was NaN or infinite (a device sync)."""
+    bad = int(first_bad.item())
+    if bad >= 0:
+        raise NonFiniteLoss(bad)
+    return value
 
 
 @torch.inference_mode()

@@ -21,14 +21,14 @@ from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
-from imgcls_cli.engine.fit import Running, predict_logits, train_one_epoch
+from imgcls_cli.engine.fit import NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
 from imgcls_cli.models import input_size as model_input_size
 from imgcls_cli.models import normalization as model_norm
-from imgcls_cli.optim import build_optimizer, optimizer_options
-from imgcls_cli.plots import plot_augment_preview, plot_curves
+from imgcls_cli.optim import build_optimizer, optimizer_options, penalty, training_options
+from imgcls_cli.plots import plot_augment_preview, plot_curves, plot_lr
 from imgcls_cli.rundir import (METRIC_COLUMNS, command_line, git_commit, versions, write_csv, write_json,
                                write_text_atomic)
 from imgcls_cli.schedule import build_schedule, lr_scheduler
@@ -221,7 +221,12 @@ class Run:
             self.summary["status"] = status
         self.summary.update(extra)
         self.summary["wall_seconds"] = round(time.perf_counter() - self.started, 3)
-        write_json(self.run_dir / "summary.json", self.summary)
+        try:
+            write_json(self.run_dir / "summary.json", self.summary)
+        except UserError as exc:
+            if status in (None, "running", "completed"):
+                raise
+            log.warning(str(exc))  # the run is ending anyway: its own error is the one to report
         return self.summary
 
 
@@ -288,6 +293,9 @@ def _fit(run: Run) -> None:
     if not 0.0 <= smoothing < 1.0:
         raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
     topk = as_int(cfg.get("topk", 5), "topk", minimum=1)
+    on_nan = cfg.get("on_nan", "stop")
+    if on_nan not in ("stop", "skip_batch"):
+        raise UserError(f"on_nan must be stop or skip_batch, not '{on_nan}'.")
     device = resolve_device(cfg["device"])
     precision = resolve_precision(cfg["precision"], device)
     channels_last = use_channels_last(cfg.get("channels_last", "auto"), device)
@@ -325,8 +333,13 @@ def _fit(run: Run) -> None:
                  "(not in memory: dataset.in_memory, dataset.memory_budget_gb)")
     mixer = augment.mixer(bundle.num_classes)
     write_augment_preview(train_loader, mixer, bundle, run_dir / "plots" / "augment_preview.png")
-    optimizer = build_optimizer(model, cfg["optimizer"])
-    scheduler = lr_scheduler(optimizer, lr_factor, len(train_loader))
+    optimizer = build_optimizer(model, cfg["optimizer"], batch_size)
+    options = training_options(cfg["optimizer"])
+    steps_per_epoch = -(-len(train_loader) // options.accumulate_steps)
+    scheduler = lr_scheduler(optimizer, lr_factor, steps_per_epoch)
+    base_lr = optimizer.param_groups[0]["initial_lr"]
+    plot_lr([base_lr * lr_factor(i / steps_per_epoch) for i in range(epochs * steps_per_epoch)], steps_per_epoch,
+            run_dir / "plots" / "lr.png")
     weights = class_weights(cfg["dataset"], train_labels, bundle.classes)
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=smoothing)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -335,6 +348,8 @@ def _fit(run: Run) -> None:
     base = {"model": {"name": model_name, "kwargs": model_kwargs}, "classes": bundle.classes,
             "input": model_input(bundle), "config": cfg}
     has_val = len(bundle.splits["val"]) > 0
+    step_options = StepOptions(penalty=penalty(model, cfg["optimizer"]), grad_clip_norm=options.grad_clip_norm,
+                               accumulate_steps=options.accumulate_steps, on_nan=on_nan)
     every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
                            minimum=0)
     best_acc, best_epoch, step, start_epoch, position = -1.0, 0, 0, 1, None
@@ -386,12 +401,17 @@ def _fit(run: Run) -> None:
             if stop:
                 raise Interrupted(stop, epoch, step)
 
-        with out.EpochProgress(f"epoch {epoch}/{epochs}", len(train_loader.labels)) as bar:
-            result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler, bar.update,
-                                     mix=mix, running=running, after_step=after_step)
-        if not np.isfinite(result.loss):
-            raise DivergedError(f"training diverged: the loss is {result.loss} in epoch {epoch}; the last good "
-                                f"checkpoint is kept; lower optimizer.lr.")
+        try:
+            with out.EpochProgress(f"epoch {epoch}/{epochs}", len(train_loader.labels)) as bar:
+                result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler,
+                                         bar.update, mix=mix, running=running, after_step=after_step,
+                                         options=step_options, first_step=step)
+        except NonFiniteLoss as exc:
+            raise DivergedError(f"training diverged: {exc} (epoch {epoch}); the last good checkpoint is kept; "
+                                "lower optimizer.lr, or set on_nan=skip_batch to leave such batches out.") from None
+        if result.skipped:
+            log.warning(f"epoch {epoch}: {result.skipped} batch(es) with a NaN or infinite loss left out "
+                        "(on_nan=skip_batch)")
         val_loss = val_acc = None
         if has_val:
             logits, targets = predict_logits(model, eval_loaders["val"], amp)
