@@ -182,3 +182,32 @@ def plot_lr(lrs_per_step: Sequence[float], iters_per_epoch: int, path: Path) -> 
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     _save(fig, path)
+
+
+def plot_compare(jobs: Sequence[tuple[str, Sequence[Mapping[str, object]], object]], path: Path) -> None:
+    """A sweep's jobs in one figure: val accuracy and train loss per epoch, and a bar chart of test accuracy.
+
+    jobs: (label, metrics.csv rows, test accuracy or None) per job.
+    """
+    if not jobs:
+        raise ValueError("no jobs to compare")
+    fig, (acc_ax, loss_ax, bar_ax) = plt.subplots(1, 3, figsize=(16, 4.6))
+    for label, rows, _ in jobs:
+        epochs = [_to_float(r.get("epoch")) for r in rows]
+        acc_ax.plot(epochs, [_to_float(r.get("val_accuracy")) for r in rows], marker="o", markersize=3, label=label)
+        loss_ax.plot(epochs, [_to_float(r.get("train_loss")) for r in rows], marker="o", markersize=3, label=label)
+    for ax, title in ((acc_ax, "Validation accuracy"), (loss_ax, "Training loss")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    acc_ax.legend(fontsize=8)
+    tests = [_to_float(test) for _, _, test in jobs]
+    positions = np.arange(len(jobs))
+    bars = bar_ax.bar(positions, np.nan_to_num(tests), color="tab:blue")
+    for bar, value in zip(bars, tests):
+        if not math.isnan(value):
+            bar_ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.3f}", ha="center", va="bottom", fontsize=8)
+    bar_ax.set_xticks(positions, labels=[label for label, _, _ in jobs], rotation=30, ha="right", fontsize=8)
+    bar_ax.set_ylim(0, 1.05)
+    bar_ax.set_title("Test accuracy")
+    _save(fig, path)

@@ -438,6 +438,14 @@ def test_sweep_over_schedules(sweep_run):
     assert cosine_lrs[-1] < BASE_LR / 2
 
 
+def test_sweep_compares_its_jobs_in_one_figure(sweep_run):
+    """The seed's step-vs-cosine comparison: compare.png beside summary.csv, one line per job."""
+    compare = sweep_run.run_dir / "compare.png"
+    height, width = png_shape(compare)[:2]
+    assert width > 1.5 * height  # three panels side by side
+    assert "mean ± std of 2 completed" in sweep_run.stdout
+
+
 def test_sweep_with_a_failing_job(failing_sweep_run):
     result = failing_sweep_run
     assert result.returncode == 1, result.describe()

@@ -49,6 +49,28 @@ def mean_std_row(rows: list[dict[str, Any]]) -> list[Any] | None:
     return cells
 
 
+def write_compare(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """compare.png: every job that recorded epochs, labelled by its overrides (those that differ between jobs)."""
+    from imgcls_cli.plots import plot_compare
+    from imgcls_cli.rundir import read_csv
+
+    varying = _varying_overrides(rows)
+    jobs = []
+    for row in rows:
+        metrics = next(sweep_dir.glob(f"{row['job']}_*/metrics.csv"), None)
+        if metrics is None:
+            continue
+        label = ",".join(o for o in row["overrides"].split(",") if o in varying) or f"job {row['job']}"
+        jobs.append((label, read_csv(metrics), row.get("test_accuracy")))
+    if jobs:
+        plot_compare(jobs, sweep_dir / "compare.png")
+
+
+def _varying_overrides(rows: list[dict[str, Any]]) -> set[str]:
+    seen = [set(r["overrides"].split(",")) for r in rows]
+    return set().union(*seen) - set.intersection(*seen) if len(seen) > 1 else set().union(*seen)
+
+
 class SweepSummary(Callback):
     """Writes <sweep dir>/summary.csv and prints it as a table once every job has run."""
 
@@ -57,6 +79,7 @@ class SweepSummary(Callback):
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
         failed_jobs[:] = [r["job"] for r in rows if r["status"] != "completed"]
+        write_compare(sweep_dir, rows)
         table = [[r.get(c) for c in COLUMNS] for r in rows]
         if spread := mean_std_row(rows):
             table.append(spread)

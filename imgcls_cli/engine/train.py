@@ -20,6 +20,7 @@ from imgcls_cli.checkpoint import save_checkpoint
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
+from imgcls_cli.engine.ema import build_ema
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
 from imgcls_cli.engine.fit import NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
@@ -203,6 +204,51 @@ def write_augment_preview(loader: DeviceLoader, mixer: Any, bundle: DatasetBundl
                          std=bundle.std)
 
 
+EMA_COLUMNS = ("ema_val_loss", "ema_val_accuracy")
+
+
+def validation(model: nn.Module, loader: DeviceLoader, amp: Any) -> tuple[float, float]:
+    """(loss, accuracy) of the model on the loader's split."""
+    logits, targets = predict_logits(model, loader, amp)
+    return F.cross_entropy(logits, targets).item(), (logits.argmax(1) == targets).double().mean().item()
+
+
+class EarlyStopping:
+    """early_stopping.metric (val_accuracy | val_loss) in its mode (max | min) chooses best.pt; with patience > 0
+    training stops after that many validations in a row without improvement."""
+
+    METRICS = ("val_accuracy", "val_loss")
+
+    def __init__(self, metric: str, mode: str, patience: int) -> None:
+        self.metric, self.mode, self.patience, self.bad_epochs = metric, mode, patience, 0
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None, has_val: bool) -> EarlyStopping:
+        cfg = cfg or {}
+        metric = cfg.get("metric", "val_accuracy")
+        if metric not in cls.METRICS:
+            raise UserError(f"early_stopping.metric must be one of {', '.join(cls.METRICS)}, not '{metric}'.")
+        mode = cfg.get("mode") or ("min" if metric == "val_loss" else "max")
+        if mode not in ("max", "min"):
+            raise UserError(f"early_stopping.mode must be max or min, not '{mode}'.")
+        patience = as_int(cfg.get("patience", 0) or 0, "early_stopping.patience", minimum=0)
+        if patience and not has_val:
+            raise UserError("early_stopping.patience needs a validation split (dataset.val_fraction > 0).")
+        return cls(metric, mode, patience)
+
+    def score(self, row: dict[str, Any]) -> float | None:
+        return row.get(self.metric)
+
+    def better(self, score: float, best: float) -> bool:
+        return score > best if self.mode == "max" else score < best
+
+    def count(self, improved: bool) -> None:
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+
+    def stop(self) -> bool:
+        return bool(self.patience) and self.bad_epochs >= self.patience
+
+
 class Run:
     """The state of one training run and the files it writes into run_dir."""
 
@@ -353,6 +399,10 @@ def _fit(run: Run) -> None:
     every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
                            minimum=0)
     best_acc, best_epoch, step, start_epoch, position = -1.0, 0, 0, 1, None
+    stopper = EarlyStopping.from_config(cfg.get("early_stopping"), has_val)
+    val_every = as_int(cfg.get("val_every", 1), "val_every", minimum=1)
+    ema = build_ema(model, cfg.get("ema"))
+    best_ema = -1.0
     resumed = run.resume_state
     if resumed is not None:
         warn_changed_settings(resumed["config"], cfg)
@@ -362,6 +412,9 @@ def _fit(run: Run) -> None:
         if scaler is not None and resumed.get("scaler"):
             scaler.load_state_dict(resumed["scaler"])
         best_acc, best_epoch = resumed["best"]["score"], resumed["best"]["epoch"]
+        stopper.bad_epochs, best_ema = resumed["best"].get("bad_epochs", 0), resumed["best"].get("ema", -1.0)
+        if ema is not None and resumed.get("ema"):
+            ema.load_state_dict(resumed["ema"])
         step, start_epoch, position = resumed["step"], resumed["epoch"] + 1, resumed.get("position")
         run.rows = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= resumed["epoch"]]
         run.summary.update(best_epoch=best_epoch or None, best_val_accuracy=best_acc if has_val and best_epoch
@@ -376,7 +429,9 @@ def _fit(run: Run) -> None:
                          "metrics": {k: v for k, v in run.rows[-1].items() if k != "epoch"} if run.rows else {},
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
-                         "best": {"score": best_acc, "epoch": best_epoch}, "position": at},
+                         "best": {"score": best_acc, "epoch": best_epoch, "bad_epochs": stopper.bad_epochs,
+                                  "ema": best_ema},
+                         "ema": ema.state_dict() if ema is not None else None, "position": at},
                         run_dir / "checkpoints" / "last.pt")
 
     for epoch in range(start_epoch, epochs + 1):
@@ -394,6 +449,8 @@ def _fit(run: Run) -> None:
         def after_step(sums: Callable[[], Running]) -> None:
             nonlocal step
             step += 1
+            if ema is not None:
+                ema.update(model)
             stop = run.stop_signal
             if stop or (every_n_steps and step % every_n_steps == 0):
                 save_last(epoch - 1, {"epoch": epoch, **train_loader.position(), "mix_gen": mix_gen.get_state(),
@@ -412,34 +469,51 @@ def _fit(run: Run) -> None:
         if result.skipped:
             log.warning(f"epoch {epoch}: {result.skipped} batch(es) with a NaN or infinite loss left out "
                         "(on_nan=skip_batch)")
-        val_loss = val_acc = None
-        if has_val:
-            logits, targets = predict_logits(model, eval_loaders["val"], amp)
-            val_loss = F.cross_entropy(logits, targets).item()
-            val_acc = (logits.argmax(1) == targets).double().mean().item()
+        validate = has_val and (epoch % val_every == 0 or epoch == epochs)
+        val_loss = val_acc = ema_acc = None
+        if validate:
+            val_loss, val_acc = validation(model, eval_loaders["val"], amp)
         row = {"epoch": epoch, "lr": lr, "train_loss": result.loss, "train_accuracy": result.accuracy,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
                "images_per_second": round(result.images_per_second, 1)}
+        if ema is not None and validate:
+            row["ema_val_loss"], ema_acc = validation(ema.module, eval_loaders["val"], amp)
+            row["ema_val_accuracy"] = ema_acc
+            if ema_acc > best_ema:  # the EMA weights' own best, a model checkpoint like best.pt
+                best_ema = ema_acc
+                save_checkpoint({**base, "state_dict": ema.state_dict()["state_dict"], "epoch": epoch, "step": step,
+                                 "metrics": {"val_accuracy": ema_acc, "val_loss": row["ema_val_loss"]}},
+                                run_dir / "checkpoints" / "best_ema.pt")
         run.rows.append(row)
-        write_csv(run_dir / "metrics.csv", run.rows, METRIC_COLUMNS)
-        score = val_acc if has_val else result.accuracy
-        improved = score > best_acc
+        write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ())])
+        score = stopper.score(row) if has_val else result.accuracy
+        improved = score is not None and (best_epoch == 0 or (stopper.better(score, best_acc) if has_val
+                                                               else score > best_acc))
         if improved:
             best_acc, best_epoch = score, epoch
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             save_checkpoint({**base, "state_dict": state, "epoch": epoch, "step": step,
                              "metrics": {k: v for k, v in row.items() if k != "epoch"}},
                             run_dir / "checkpoints" / "best.pt")
+        if validate:
+            stopper.count(improved)
         save_last(epoch, None)
-        val_text = f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if has_val else ""
+        val_text = f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if validate else ""
+        val_text += f"  ema_val_acc {ema_acc:.4f}" if ema_acc is not None else ""
         log.info(f"epoch {epoch}/{epochs}  lr {lr:.3g}  train_loss {result.loss:.4f}  train_acc "
                  f"{result.accuracy:.4f}{val_text}  {row['epoch_seconds']:.1f}s  "
                  f"{result.images_per_second:.0f} img/s{'  *' if improved else ''}")
-        run.summary.update(best_epoch=best_epoch, best_val_accuracy=best_acc if has_val else None,
+        best_row = next((r for r in run.rows if r["epoch"] == best_epoch), {})
+        run.summary.update(best_epoch=best_epoch, best_val_accuracy=best_row.get("val_accuracy"),
                            epochs_completed=epoch)
         if run.stop_signal:  # arrived during validation: the epoch is saved whole
             raise Interrupted(run.stop_signal, epoch, step)
+        if validate and stopper.stop():
+            log.info(f"early stopping: {stopper.metric} did not improve for {stopper.bad_epochs} validation(s) "
+                     f"(early_stopping.patience={stopper.patience}); best epoch {best_epoch}")
+            run.summary["early_stopped"] = True
+            break
     plot_curves(run.rows, run_dir / "plots" / "curves.png")
     speeds = [r["images_per_second"] for r in run.rows[1:]] or [run.rows[-1]["images_per_second"]]
     run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)

@@ -1,0 +1,65 @@
+"""Training techniques beyond the step: EMA of the weights, early stopping, validation every N epochs."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli
+from imgcls_cli.engine.ema import EMA, build_ema
+from imgcls_cli.engine.train import EarlyStopping
+from imgcls_cli.errors import UserError
+
+
+def test_ema_update_is_the_moving_average_formula():
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9, warmup=False)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, 0.9 * before + 0.1 * model.weight)
+
+
+def test_ema_warmup_starts_with_a_small_decay():
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.999, warmup=True)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # d = min(0.999, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(ema.module.weight, d * (model.weight - 1.0) + (1 - d) * model.weight, atol=1e-6)
+
+
+def test_bad_ema_decay_is_a_user_error():
+    assert build_ema(nn.Linear(1, 1), {"decay": None}) is None
+    with pytest.raises(UserError, match="ema.decay"):
+        build_ema(nn.Linear(1, 1), {"decay": 1.5})
+
+
+def test_early_stopping_counts_validations_without_improvement():
+    stopper = EarlyStopping.from_config({"patience": 2, "metric": "val_loss"}, has_val=True)
+    assert stopper.mode == "min" and stopper.better(0.4, 0.5)
+    for improved, stops in ((True, False), (False, False), (False, True)):
+        stopper.count(improved)
+        assert stopper.stop() == stops
+    with pytest.raises(UserError, match="validation split"):
+        EarlyStopping.from_config({"patience": 2}, has_val=False)
+
+
+def test_early_stopping_ema_and_val_every_through_the_cli(tmp_path):
+    """An lr too small to learn: val accuracy never improves after epoch 1, so patience 1 stops at epoch 2."""
+    run_dir = tmp_path / "run"
+    result = run_cli("train", *[a for a in TINY if not a.startswith("epochs=")], "epochs=6", "optimizer.lr=1e-12",
+                     "early_stopping.patience=1", "ema.decay=0.9", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_ok(result)
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and "early stopping" in result.stdout
+    assert rows[0]["ema_val_accuracy"] != "" and (run_dir / "checkpoints" / "best_ema.pt").is_file()
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["early_stopped"] and summary["best_epoch"] == 1
+    sparse = run_cli("train", *TINY, "val_every=3", f"hydra.run.dir={tmp_path / 'sparse'}", cwd=tmp_path)
+    assert_ok(sparse)
+    validated = [r["epoch"] for r in read_csv(tmp_path / "sparse" / "metrics.csv") if r["val_accuracy"]]
+    assert validated == ["3", "4"]  # every third epoch, and the last
+    assert_user_error(run_cli("train", "early_stopping.metric=f1", cwd=tmp_path), "early_stopping.metric")
