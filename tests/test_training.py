@@ -58,8 +58,32 @@ def test_early_stopping_ema_and_val_every_through_the_cli(tmp_path):
     assert rows[0]["ema_val_accuracy"] != "" and (run_dir / "checkpoints" / "best_ema.pt").is_file()
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "completed" and summary["early_stopped"] and summary["best_epoch"] == 1
-    sparse = run_cli("train", *TINY, "val_every=3", f"hydra.run.dir={tmp_path / 'sparse'}", cwd=tmp_path)
+    sparse = run_cli("train", *TINY, "val_every=3", "tensorboard=true", f"hydra.run.dir={tmp_path / 'sparse'}",
+                     cwd=tmp_path)
     assert_ok(sparse)
-    validated = [r["epoch"] for r in read_csv(tmp_path / "sparse" / "metrics.csv") if r["val_accuracy"]]
-    assert validated == ["3", "4"]  # every third epoch, and the last
+    rows = read_csv(tmp_path / "sparse" / "metrics.csv")
+    assert [r["epoch"] for r in rows if r["val_accuracy"]] == ["3", "4"]  # every third epoch, and the last
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "sparse" / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train_loss")]
+    assert losses == pytest.approx([float(r["train_loss"]) for r in rows], rel=1e-5)
+    assert [e.step for e in events.Scalars("val_accuracy")] == [3, 4]
     assert_user_error(run_cli("train", "early_stopping.metric=f1", cwd=tmp_path), "early_stopping.metric")
+
+
+def test_compile_trains_and_saves_plain_checkpoints(tmp_path):
+    """compile=true: torch.compile for the steps; checkpoints keep the model's own parameter names, so eval loads
+    them without compiling."""
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "compile=true", "model=lenet5", "epochs=2", "dataset.max_train_samples=256",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_ok(result)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in best["state_dict"])
+    evaluated = run_cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
+                        f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert_ok(evaluated)
+    assert read_json(tmp_path / "eval" / "metrics.json")["accuracy"] == pytest.approx(
+        read_json(run_dir / "eval" / "metrics.json")["accuracy"])

@@ -249,6 +249,30 @@ class EarlyStopping:
         return bool(self.patience) and self.bad_epochs >= self.patience
 
 
+def compiled(model: nn.Module, setting: Any) -> nn.Module:
+    """compile=true: torch.compile(model) for training and validation (the first steps pay the compilation)."""
+    if setting in (None, False):
+        return model
+    if setting is not True:
+        raise UserError(f"compile must be true or false, not '{setting}'.")
+    log.info("compile=true: torch.compile compiles the model in the first steps")
+    return torch.compile(model)
+
+
+def tensorboard_writer(enabled: Any, run_dir: Path, first_epoch: int) -> Any:
+    """tensorboard=true: event files in <run dir>/tensorboard beside metrics.csv (a resume drops later steps)."""
+    if enabled in (None, False):
+        return None
+    if enabled is not True:
+        raise UserError(f"tensorboard must be true or false, not '{enabled}'.")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("tensorboard=true needs the tensorboard package: pip install 'imgcls[tensorboard]' "
+                        "(or pip install tensorboard).") from None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
+
+
 class Run:
     """The state of one training run and the files it writes into run_dir."""
 
@@ -434,6 +458,8 @@ def _fit(run: Run) -> None:
                          "ema": ema.state_dict() if ema is not None else None, "position": at},
                         run_dir / "checkpoints" / "last.pt")
 
+    net = compiled(model, cfg.get("compile", False))  # trains and validates; `model` holds the weights it saves
+    board = tensorboard_writer(cfg.get("tensorboard", False), run_dir, start_epoch)
     for epoch in range(start_epoch, epochs + 1):
         epoch_start = time.perf_counter()
         train_loader.set_epoch(epoch)
@@ -460,7 +486,7 @@ def _fit(run: Run) -> None:
 
         try:
             with out.EpochProgress(f"epoch {epoch}/{epochs}", len(train_loader.labels)) as bar:
-                result = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, amp, scaler,
+                result = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, amp, scaler,
                                          bar.update, mix=mix, running=running, after_step=after_step,
                                          options=step_options, first_step=step)
         except NonFiniteLoss as exc:
@@ -472,7 +498,7 @@ def _fit(run: Run) -> None:
         validate = has_val and (epoch % val_every == 0 or epoch == epochs)
         val_loss = val_acc = ema_acc = None
         if validate:
-            val_loss, val_acc = validation(model, eval_loaders["val"], amp)
+            val_loss, val_acc = validation(net, eval_loaders["val"], amp)
         row = {"epoch": epoch, "lr": lr, "train_loss": result.loss, "train_accuracy": result.accuracy,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
@@ -487,6 +513,11 @@ def _fit(run: Run) -> None:
                                 run_dir / "checkpoints" / "best_ema.pt")
         run.rows.append(row)
         write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ())])
+        if board is not None:
+            for key, value in row.items():
+                if key != "epoch" and value is not None:
+                    board.add_scalar(key, value, epoch)
+            board.flush()
         score = stopper.score(row) if has_val else result.accuracy
         improved = score is not None and (best_epoch == 0 or (stopper.better(score, best_acc) if has_val
                                                                else score > best_acc))
@@ -514,6 +545,8 @@ def _fit(run: Run) -> None:
                      f"(early_stopping.patience={stopper.patience}); best epoch {best_epoch}")
             run.summary["early_stopped"] = True
             break
+    if board is not None:
+        board.close()
     plot_curves(run.rows, run_dir / "plots" / "curves.png")
     speeds = [r["images_per_second"] for r in run.rows[1:]] or [run.rows[-1]["images_per_second"]]
     run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
