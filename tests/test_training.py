@@ -87,3 +87,36 @@ def test_compile_trains_and_saves_plain_checkpoints(tmp_path):
     assert_ok(evaluated)
     assert read_json(tmp_path / "eval" / "metrics.json")["accuracy"] == pytest.approx(
         read_json(run_dir / "eval" / "metrics.json")["accuracy"])
+
+
+def test_loss_is_cross_entropy_against_smoothed_soft_targets():
+    from imgcls_cli.engine.train import build_loss
+
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 3, 3, 1])
+    a, k = 0.1, 5
+    smoothed = torch.nn.functional.one_hot(targets, k).float() * (1 - a) + a / k
+    by_formula = -(smoothed * logits.log_softmax(1)).sum(1).mean()
+    assert build_loss(None, a)(logits, targets).item() == pytest.approx(by_formula.item(), rel=1e-6)
+    soft = torch.softmax(torch.randn(4, 5), 1)  # MixUp/CutMix targets
+    by_formula = -(((soft * (1 - a)) + a / k) * logits.log_softmax(1)).sum(1).mean()
+    assert build_loss(None, a)(logits, soft).item() == pytest.approx(by_formula.item(), rel=1e-6)
+    w = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0])
+    per_sample = -(torch.nn.functional.one_hot(targets, k) * logits.log_softmax(1)).sum(1) * w[targets]
+    assert build_loss(w, 0.0)(logits, targets).item() == pytest.approx((per_sample.sum() / w[targets].sum()).item(),
+                                                                         rel=1e-6)
+
+
+@pytest.mark.parametrize("flags,auto", [({"avx2"}, "fp32"), ({"avx512_bf16", "avx2"}, "bf16"), ({"amx_bf16"}, "bf16")])
+def test_precision_auto_on_cpu_follows_the_cpu_flags(monkeypatch, flags, auto):
+    from imgcls_cli.engine import device
+
+    assert device.cpu_has_fast_bf16(flags) == (auto == "bf16")
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda flags=None: auto == "bf16")
+    cpu = torch.device("cpu")
+    assert device.resolve_precision("auto", cpu) == auto
+    assert device.resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(UserError, match="precision=fp16 is for GPUs"):
+        device.resolve_precision("fp16", cpu)
+    with pytest.raises(UserError, match="precision must be one of"):
+        device.resolve_precision("fp8", cpu)

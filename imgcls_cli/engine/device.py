@@ -36,13 +36,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has AMX or AVX512-BF16, where bf16 matmuls and convs beat fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
+def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
+    """True when the CPU has AMX or AVX512-BF16, where bf16 matmuls and convs beat fp32 (flags: /proc/cpuinfo's)."""
+    if flags is None:
+        try:
+            flags = set(Path("/proc/cpuinfo").read_text().split())
+        except OSError:
+            return False
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

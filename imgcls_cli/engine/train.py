@@ -177,6 +177,12 @@ def class_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, classes: li
     return weights
 
 
+def build_loss(weights: torch.Tensor | None, smoothing: float) -> nn.Module:
+    """Cross-entropy against y(1 - a) + a/K (label smoothing a), class indices or soft (MixUp/CutMix) targets,
+    each sample weighted by its class weight."""
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
+
+
 def sampler_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
     """dataset.sampler=balanced: each training image drawn with probability 1 / (K * n_its_class), so every
     class is drawn equally often; null: shuffle, each image once an epoch."""
@@ -411,7 +417,7 @@ def _fit(run: Run) -> None:
     plot_lr([base_lr * lr_factor(i / steps_per_epoch) for i in range(epochs * steps_per_epoch)], steps_per_epoch,
             run_dir / "plots" / "lr.png")
     weights = class_weights(cfg["dataset"], train_labels, bundle.classes)
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=smoothing)
+    loss_fn = build_loss(None if weights is None else weights.to(device), smoothing)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     amp = lambda: autocast(device, precision)  # noqa: E731
 
