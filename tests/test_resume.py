@@ -13,7 +13,8 @@ import torch
 
 from conftest import assert_ok, assert_user_error, cli_env, read_csv, read_json, run_cli
 
-SETTINGS = ["dataset.max_train_samples=600", "epochs=3", "augment=mixup", "checkpoint.every_n_steps=3"]
+SETTINGS = ["dataset.max_train_samples=600", "epochs=3", "augment=mixup", "checkpoint.every_n_steps=3", "ema.decay=0.9",
+            "optimizer.accumulate_steps=2"]
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen:
@@ -36,7 +37,9 @@ def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: f
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["state_dict"]
+    """The model's and the EMA's weights in last.pt."""
+    last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    return {**last["state_dict"], **{f"ema.{k}": v for k, v in last["ema"]["state_dict"].items()}}
 
 
 @pytest.fixture(scope="module")
