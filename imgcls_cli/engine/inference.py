@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,10 +15,10 @@ from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.data.datasets import SPLITS, load_dataset
 from imgcls_cli.data.loader import StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
-from imgcls_cli.engine.fit import predict_logits
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS, create_model
+from imgcls_cli.rundir import write_csv
 
 log = logging.getLogger("imgcls")
 # Dataset keys that choose the splits: set on the eval command line, they win over the run's splits.csv.
@@ -62,33 +64,99 @@ def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | N
     return cfg
 
 
-def run_eval(
-    checkpoint: str | Path,
-    run_dir: str | Path,
-    *,
-    dataset_cfg: dict[str, Any] | None = None,
-    dataset_keys: list[str] | None = None,
-    split: str = "test",
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int | None = None,
-    topk: int = 5,
-    num_workers: Any = "auto",
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split; write metrics.json and the other reports into run_dir."""
-    if split not in SPLITS:
-        raise UserError(f"split must be one of {', '.join(SPLITS)}, not '{split}'.")
+TTA_CHOICES = ("none", "hflip", "hflip_shift")
+ENSEMBLES = ("averaging", "voting")
+
+
+@dataclass
+class Scored:
+    """One checkpoint's probabilities on a split, with what is needed to report them."""
+
+    checkpoint: str
+    ckpt: dict[str, Any]
+    probs: np.ndarray
+    targets: np.ndarray
+    ids: list[str]
+    id_column: str
+    dataset: str
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, loader: Any, amp: Any, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities (and targets) on the CPU; with test-time augmentation, the mean over the views:
+    hflip: the image and its mirror; hflip_shift: those and the image shifted by 1/16 of its size both ways."""
+    if tta not in TTA_CHOICES:
+        raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
+    model.eval()
+    probs, targets = [], []
+    for x, y in loader:
+        views = [x] if tta == "none" else [x, x.flip(-1)]
+        if tta == "hflip_shift":
+            s = max(1, x.shape[-1] // 16)
+            views += [_shifted(x, s), _shifted(x, -s)]
+        total = None
+        for view in views:
+            with amp():
+                p = torch.softmax(model(view).float(), 1)
+            total = p if total is None else total + p
+        probs.append(total / len(views))
+        targets.append(y)
+    if not probs:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+    return torch.cat(probs).cpu(), torch.cat(targets).cpu()
+
+
+def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
+    """x moved by s pixels down and right (s < 0: up and left), zero (the mean, after normalization) filled."""
+    out = torch.zeros_like(x)
+    if s > 0:
+        out[..., s:, s:] = x[..., :-s, :-s]
+    else:
+        out[..., :s, :s] = x[..., -s:, -s:]
+    return out
+
+
+def checkpoint_paths(spec: Any) -> list[str]:
+    """checkpoint= as one path, a list of paths, or a glob pattern -> the files, in order."""
+    import glob
+
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    paths: list[str] = []
+    for item in map(str, items):
+        if any(ch in item for ch in "*?["):
+            found = sorted(glob.glob(item, recursive=True))
+            if not found:
+                raise UserError(f"checkpoint={item} matches no file.")
+            paths += found
+        else:
+            paths.append(item)
+    if not paths:
+        raise UserError("checkpoint= names no file; give a path, a list '[a.pt,b.pt]' or a glob.")
+    return paths
+
+
+def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any] | None, dataset_keys: list[str],
+                     dev: torch.device, prec: str, batch_size: int | None, num_workers: Any, tta: str,
+                     run_dir: Path, like: Scored | None = None) -> Scored:
+    """Probabilities of one checkpoint on a split. `like`: an ensemble's first member, whose classes, input and
+    images this one must share."""
     ckpt = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
     train_cfg = ckpt["config"]
-    batch_size = batch_size or int(train_cfg.get("eval_batch_size", 256))
-    if batch_size < 1:
-        raise UserError(f"batch_size must be a positive whole number, not {batch_size}.")
+    size = batch_size or int(train_cfg.get("eval_batch_size", 256))
+    if size < 1:
+        raise UserError(f"batch_size must be a positive whole number, not {size}.")
+    if like is not None:
+        for key, what in (("classes", "classes"), ("input", "input channels and size")):
+            mine = ckpt[key] if key == "classes" else (ckpt["input"]["channels"], ckpt["input"]["size"])
+            theirs = like.ckpt[key] if key == "classes" else (like.ckpt["input"]["channels"], like.ckpt["input"]["size"])
+            if list(mine) != list(theirs):
+                raise UserError(f"ensemble members differ in {what}: {checkpoint} has {mine}, {like.checkpoint} has "
+                                f"{theirs}; ensemble checkpoints trained on the same classes and input.")
     model = model_from_checkpoint(ckpt, dev)
-    ds_cfg = dataset_for_checkpoint(ckpt, dataset_cfg, dataset_keys, checkpoint)
-    bundle = load_dataset(ds_cfg, int(train_cfg.get("seed", 0)))
-    write_skipped_files(Path(run_dir), bundle.skipped, log)
+    ds_cfg = dataset_for_checkpoint(like.ckpt if like else ckpt, dataset_cfg, dataset_keys,
+                                    like.checkpoint if like else checkpoint)
+    bundle = load_dataset(ds_cfg, int((like.ckpt if like else ckpt)["config"].get("seed", 0)))
+    write_skipped_files(run_dir, bundle.skipped, log)
     if bundle.num_classes != len(ckpt["classes"]):
         raise UserError(f"dataset '{bundle.name}' has {bundle.num_classes} classes but the checkpoint was trained "
                         f"on {len(ckpt['classes'])}; evaluate it on data with the same classes.")
@@ -99,17 +167,110 @@ def run_eval(
     channels_last = use_channels_last(train_cfg.get("channels_last", "auto"), dev)  # as in training: same numbers
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(data.images, data.labels, batch_size, inp["mean"], inp["std"], device=dev,
+    loader = make_loader(data.images, data.labels, size, inp["mean"], inp["std"], device=dev,
                          num_workers=resolve_workers(num_workers), channels_last=channels_last)
-    logits, targets = predict_logits(model, loader, lambda: autocast(dev, prec))
-    probs = torch.softmax(logits, 1).numpy()
-    ids = read_ids(loader, data.ids)
+    probs, targets = predict_probs(model, loader, lambda: autocast(dev, prec), tta)
     if isinstance(loader, StreamLoader) and loader.skipped:  # files that stopped decoding since training
-        write_skipped_files(Path(run_dir), [*bundle.skipped, *sorted(loader.skipped.items())], log)
-    metrics = write_eval_reports(run_dir, probs, targets.numpy(), list(ckpt["classes"]), ids,
-                                 bundle.id_column, topk,
-                                 extra={"split": split, "checkpoint": str(checkpoint), "epoch": ckpt.get("epoch")})
-    rows = [("checkpoint", str(checkpoint)), ("dataset", f"{bundle.name} ({split}, {len(data)} images)")]
-    rows += [(k, v) for k, v in metrics.items() if k not in ("num_samples",)]
-    out.show(out.table("Evaluation", ["metric", "value"], rows))
+        write_skipped_files(run_dir, [*bundle.skipped, *sorted(loader.skipped.items())], log)
+    return Scored(str(checkpoint), ckpt, probs.numpy(), targets.numpy(), read_ids(loader, data.ids),
+                  bundle.id_column, f"{bundle.name} ({split}, {len(data)} images)")
+
+
+def combine(members: list[Scored], method: str) -> np.ndarray:
+    """averaging: the mean softmax. voting: each member's top class is a vote; the output is the vote share,
+    a tie going to the class with the highest mean probability."""
+    if method not in ENSEMBLES:
+        raise UserError(f"ensemble must be averaging or voting, not '{method}'.")
+    mean = np.mean([m.probs for m in members], axis=0)
+    if method == "averaging":
+        return mean
+    k = mean.shape[1]
+    votes = np.mean([np.eye(k)[m.probs.argmax(1)] for m in members], axis=0)
+    winner = np.argmax(votes + 1e-6 * mean, axis=1)  # mean probabilities only ever decide between tied votes
+    share = votes.copy()
+    share[np.arange(len(share)), winner] += 1e-9  # so the reported label is the tie-break's
+    return share / share.sum(1, keepdims=True)
+
+
+def _report(scored: Scored, probs: np.ndarray, out_dir: Path, split: str, topk: int, extra: dict[str, Any]
+            ) -> dict[str, Any]:
+    return write_eval_reports(out_dir, probs, scored.targets, list(scored.ckpt["classes"]), scored.ids,
+                              scored.id_column, topk, extra={"split": split, **extra})
+
+
+def run_eval(
+    checkpoint: Any,
+    run_dir: str | Path,
+    *,
+    dataset_cfg: dict[str, Any] | None = None,
+    dataset_keys: list[str] | None = None,
+    split: str = "test",
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    topk: int = 5,
+    num_workers: Any = "auto",
+    tta: str = "none",
+    ensemble: str = "averaging",
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (or several, and their ensemble) on a split; write the reports into run_dir."""
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, not '{split}'.")
+    if ensemble not in ENSEMBLES:
+        raise UserError(f"ensemble must be averaging or voting, not '{ensemble}'.")
+    if tta not in TTA_CHOICES:
+        raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
+    run_dir = Path(run_dir)
+    paths = checkpoint_paths(checkpoint)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    args = {"split": split, "dataset_cfg": dataset_cfg, "dataset_keys": dataset_keys or [], "dev": dev,
+            "prec": prec, "batch_size": batch_size, "num_workers": num_workers, "tta": tta, "run_dir": run_dir}
+    first = score_checkpoint(paths[0], **args)
+    if len(paths) == 1:
+        metrics = _report(first, first.probs, run_dir, split, topk,
+                          {"checkpoint": first.checkpoint, "epoch": first.ckpt.get("epoch"), "tta": tta})
+        rows = [("checkpoint", first.checkpoint), ("dataset", first.dataset)]
+        rows += [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "num_samples"]
+        out.show(out.table("Evaluation", ["metric", "value"], rows))
+        return metrics
+    members = [first] + [score_checkpoint(p, like=first, **args) for p in paths[1:]]
+    table = []
+    for i, member in enumerate(members):
+        m = _report(member, member.probs, run_dir / "members" / f"{i}", split, topk,
+                    {"checkpoint": member.checkpoint, "epoch": member.ckpt.get("epoch"), "tta": tta})
+        table.append({"member": str(i), "checkpoint": member.checkpoint, **m})
+    metrics = _report(first, combine(members, ensemble), run_dir, split, topk,
+                      {"ensemble": ensemble, "members": [m.checkpoint for m in members], "tta": tta})
+    table.append({"member": f"ensemble ({ensemble})", "checkpoint": f"{len(members)} members", **metrics})
+    columns = ["member", "checkpoint", "accuracy", f"top{topk}_accuracy", "f1_macro", "loss"]
+    write_csv(run_dir / "members.csv", table, columns)
+    out.show(out.table(f"Ensemble of {len(members)} on {first.dataset}", columns,
+                       [[row.get(c) for c in columns] for row in table]))
     return metrics
+
+
+def run_sweep_eval(sweep: str | Path, run_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every job's best checkpoint of a sweep on its test split: a leaderboard, best first."""
+    import yaml
+
+    sweep, run_dir = Path(sweep), Path(run_dir)
+    jobs = sorted(sweep.glob("*/checkpoints/best.pt"))
+    if not jobs:
+        raise UserError(f"sweep={sweep}: no <job>/checkpoints/best.pt in it; give a folder that imgcls train -m "
+                        "wrote.")
+    board = []
+    for best in jobs:
+        job = best.parent.parent
+        metrics = run_eval(str(best), run_dir / job.name, **kwargs)
+        overrides = job / ".hydra" / "overrides.yaml"
+        board.append({"job": job.name.split("_", 1)[0],
+                      "overrides": ",".join(yaml.safe_load(overrides.read_text()) or []) if overrides.is_file()
+                      else "", **metrics, "checkpoint": str(best)})
+    board.sort(key=lambda r: -r["accuracy"])
+    topk = kwargs.get("topk", 5)
+    columns = ["job", "overrides", "accuracy", f"top{topk}_accuracy", "f1_macro", "loss", "checkpoint"]
+    write_csv(run_dir / "leaderboard.csv", board, columns)
+    out.show(out.table(f"Leaderboard: {len(board)} jobs of {sweep}", columns[:-1],
+                       [[r.get(c) for c in columns[:-1]] for r in board]))
+    return board
