@@ -6,6 +6,7 @@ failing sweep, one learnability run, and batches of evals, predicts, help texts 
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -333,7 +334,12 @@ def predict_runs(trained_run, predict_inputs, tmp_path_factory):
     base = tmp_path_factory.mktemp("predict")
     ckpt = f"checkpoint={trained_run.best}"
     single = next(iter(predict_inputs["good"]))
+    good = [str(p) for p in predict_inputs["good"]][:2]
+    listed = base / "inputs.txt"
+    listed.write_text("# photos to label\n" + "\n".join([*good, str(predict_inputs["broken"][0]), "missing.png"])
+                      + "\n\n")
     return run_many({
+        "list": (["predict", ckpt, f"inputs=@{listed}", f"hydra.run.dir={base / 'list'}"], base),
         "folder": (["predict", ckpt, f"inputs={predict_inputs['folder']}", f"hydra.run.dir={base / 'folder'}"],
                    base),
         "file": (["predict", ckpt, f"inputs={single}", f"hydra.run.dir={base / 'file'}"], base),
@@ -392,6 +398,21 @@ def test_predict_a_glob_pattern(predict_runs, predict_inputs, trained_run):
     pngs = [str(p) for p in predict_inputs["good"]] + [str(predict_inputs["broken"][0])]
     assert sorted(r["path"] for r in rows) == sorted(pngs)  # **/*.png: recursive, no .jpg
     check_prediction_rows(rows, predict_inputs, trained_run)
+
+
+def test_predict_a_list_file_in_its_order_with_json_beside_the_csv(predict_runs, predict_inputs, trained_run):
+    result = predict_runs["list"]
+    assert_ok(result)
+    rows = read_csv(result.run_dir / "predictions.csv")
+    good = [str(p) for p in predict_inputs["good"]][:2]
+    missing = str(Path(result.args[2].split("=@", 1)[1]).parent / "missing.png")
+    assert [r["path"] for r in rows] == [*good, str(predict_inputs["broken"][0]), missing]
+    assert rows[3]["error"] == "file not found" and rows[3]["label"] == ""
+    check_prediction_rows(rows[:3], predict_inputs, trained_run)
+    as_json = json.loads((result.run_dir / "predictions.json").read_text())
+    assert [e["path"] for e in as_json] == [r["path"] for r in rows]
+    assert as_json[0]["topk"][0] == {"label": rows[0]["label"], "probability": float(rows[0]["probability"])}
+    assert len(as_json[0]["topk"]) == 5 and as_json[3]["topk"] == [] and as_json[3]["error"] == "file not found"
 
 
 def test_predict_only_broken_files_is_a_user_error(predict_runs):

@@ -19,15 +19,32 @@ from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision
 from imgcls_cli.engine.inference import model_from_checkpoint
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
-from imgcls_cli.rundir import write_csv
+from imgcls_cli.rundir import write_csv, write_json
 
 log = logging.getLogger("imgcls")
 GLOB_CHARS = set("*?[")
 
 
+def read_list_file(text: str) -> list[Path]:
+    """@list.txt: one path a line (blank lines and # comments skipped), relative to the list file's folder.
+
+    A listed file that is missing or unreadable gets its error row, like any other input."""
+    listing = Path(text[1:]).expanduser()
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"inputs={text}: cannot read the list file {listing} ({exc.__class__.__name__}).") from None
+    paths = [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise UserError(f"inputs={text}: the list file {listing} names no file.")
+    return [p if p.is_absolute() else listing.parent / p for p in paths]
+
+
 def resolve_inputs(inputs: str) -> list[Path]:
-    """A file, a folder (recursive) or a glob pattern -> the image paths, sorted."""
+    """A file, a folder (recursive), a glob pattern or @list.txt -> the image paths (sorted, or in list order)."""
     text = str(inputs)
+    if text.startswith("@"):
+        return read_list_file(text)
     if any(c in text for c in GLOB_CHARS) and not Path(text).exists():
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
         files = [p for p in matches if p.is_file()]
@@ -120,11 +137,20 @@ def run_predict(
     rows, columns = prediction_rows(probs_np, classes, [str(p) for p in paths], "path", topk, errors=errors)
     target = Path(output) if output else Path(run_dir) / "predictions.csv"
     write_csv(target, rows, columns)
+    write_json(target.with_suffix(".json"), [prediction_json(row, topk) for row in rows])
     ok = len(probs_np)
     _show(rows, ok, len(paths), seconds, target)
     if ok == 0:
         raise UserError(f"none of the {len(paths)} input file(s) could be decoded (first: {paths[0]}: {errors[0]}).")
     return {"predicted": ok, "failed": len(paths) - ok, "output": str(target), "seconds": seconds}
+
+
+def prediction_json(row: dict[str, Any], topk: int) -> dict[str, Any]:
+    """predictions.json's entry of a predictions.csv row: the path, the top-k list and the error."""
+    ranked = [(row.get("label"), row.get("probability"))]
+    ranked += [(row.get(f"top{j}_label"), row.get(f"top{j}_probability")) for j in range(2, topk + 1)]
+    top = [{"label": label, "probability": p} for label, p in ranked if label is not None]
+    return {"path": row["path"], "topk": top, "error": row["error"] or None}
 
 
 def _show(rows: list[dict[str, Any]], ok: int, total: int, seconds: float, target: Path, limit: int = 20) -> None:
