@@ -23,7 +23,11 @@ def image_folder_runs(tmp_path_factory):
     train = run_cli("train", *common, f"hydra.run.dir={base / 'run'}", cwd=base)
     assert_ok(train)
     write_mode(base / "photos" / "digit 0" / "added_later", np.zeros((20, 20), np.uint8), 0)
+    write_tree(base / "elsewhere", n=100)
     runs = run_many({
+        "other_root": (["eval", f"checkpoint={base / 'run' / 'checkpoints' / 'best.pt'}",
+                        f"+dataset.root={base / 'elsewhere'}", "split=val", f"hydra.run.dir={base / 'ev_other'}"],
+                       base),
         "eval": (["eval", f"checkpoint={base / 'run' / 'checkpoints' / 'best.pt'}", f"hydra.run.dir={base / 'ev'}"],
                  base),
         "strict": (["train", *common, "dataset.on_bad_file=error"], base),
@@ -64,6 +68,15 @@ def test_streamed_image_folder_trains_and_lists_the_files_it_could_not_read(imag
     assert read_json(base / "stream" / "summary.json")["status"] == "completed"
     lines = (base / "stream" / "skipped_files.txt").read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in lines) == bad
+
+
+def test_eval_on_another_root_with_the_same_classes(image_folder_runs):
+    base, _, _, runs = image_folder_runs
+    assert_ok(runs["other_root"])
+    rows = read_csv(base / "ev_other" / "predictions.csv")
+    assert len(rows) == 10  # val_fraction 0.1 of the 100 images there, split afresh (not the run's splits.csv)
+    assert all((base / "elsewhere" / r["path"]).is_file() for r in rows)
+    assert read_json(base / "ev_other" / "metrics.json")["num_samples"] == 10
 
 
 def test_dataset_mistakes_are_one_line(image_folder_runs):
