@@ -67,6 +67,77 @@ def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -
     return flat.reshape(num_classes, num_classes).astype(np.int64)
 
 
+def row_normalized(cm: np.ndarray) -> np.ndarray:
+    """Each row of a confusion matrix as fractions of its true class, so classes of any size compare.
+
+    Rows of classes without samples stay 0.
+    """
+    cm = np.asarray(cm)
+    return _safe_divide(cm, np.broadcast_to(cm.sum(axis=1, keepdims=True), cm.shape))
+
+
+def _micro(cm: np.ndarray) -> tuple[float, float, float]:
+    """Micro precision, recall and F1 from pooled counts.
+
+    For single-label data all three equal accuracy; they are computed, not aliased, so a bug elsewhere shows.
+    """
+    tp = float(np.trace(cm))
+    precision = tp / float(cm.sum(axis=0).sum())
+    recall = tp / float(cm.sum(axis=1).sum())
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean -log p(true class), clipped to [eps, 1 - eps] for probs' float type as scikit-learn's log_loss does.
+
+    Unlike "loss" (clipped at 1e-12), this matches the number a scikit-learn user computes from the same arrays.
+    """
+    dtype = np.asarray(probs).dtype
+    eps = np.finfo(dtype if np.issubdtype(dtype, np.floating) else np.float64).eps
+    probs = _check_probs(probs, targets)
+    targets, _ = _check_labels(targets, targets, probs.shape[1])
+    target_probs = probs[np.arange(probs.shape[0]), targets]
+    return float(-np.log(np.clip(target_probs, eps, 1 - eps)).mean())
+
+
+def calibration_bins(
+    probs: np.ndarray, targets: np.ndarray, num_bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, accuracy and mean confidence (max probability) of each of num_bins equal-width bins (lo, hi].
+
+    Empty bins have accuracy and confidence 0; the reliability diagram and ECE share these numbers.
+    """
+    probs = _check_probs(probs, targets)
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(targets)).astype(np.float64)
+    inner_edges = np.linspace(0.0, 1.0, num_bins + 1)[1:-1]
+    bins = np.searchsorted(inner_edges, confidence, side="left")
+    counts = np.bincount(bins, minlength=num_bins)
+    accuracy = _safe_divide(np.bincount(bins, weights=correct, minlength=num_bins), counts)
+    mean_confidence = _safe_divide(np.bincount(bins, weights=confidence, minlength=num_bins), counts)
+    return counts.astype(np.int64), accuracy, mean_confidence
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, num_bins: int = 15) -> float:
+    """Sum over bins of |B|/N * |accuracy(B) - confidence(B)|: how far the max probability is from being a hit rate."""
+    counts, accuracy, confidence = calibration_bins(probs, targets, num_bins)
+    return float(np.dot(counts / counts.sum(), np.abs(accuracy - confidence)))
+
+
+def most_confident_errors(probs: np.ndarray, targets: np.ndarray, limit: int = 32) -> np.ndarray:
+    """Indices of up to limit misclassified samples, highest predicted probability first (ties by index).
+
+    Confident mistakes are the ones most worth a look: label noise, ambiguous images, shortcuts.
+    """
+    probs = _check_probs(probs, targets)
+    wrong = np.flatnonzero(probs.argmax(axis=1) != np.asarray(targets))
+    order = np.argsort(-probs[wrong].max(axis=1), kind="stable")
+    return wrong[order][:limit].astype(np.int64)
+
+
 def topk_predictions(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k class indices (N, k) and their probabilities, most likely first; ties keep class order."""
     probs = _check_probs(probs)
@@ -80,7 +151,8 @@ def topk_predictions(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
 def classification_metrics(
     probs: np.ndarray, targets: np.ndarray, topk: Sequence[int] = (5,)
 ) -> dict[str, float | int]:
-    """Accuracy, top-k accuracy, macro/weighted precision/recall/F1, NLL loss and sample count."""
+    """Accuracy, top-k accuracy, micro/macro/weighted precision/recall/F1, NLL loss, log loss, ECE and sample count."""
+    raw_probs = probs  # log_loss clips with the eps of the caller's float type
     probs = _check_probs(probs, targets)
     num_samples, num_classes = probs.shape
     targets = np.asarray(targets)
@@ -97,12 +169,16 @@ def classification_metrics(
 
     precision, recall, f1, support = _per_class(cm)
     weights = support / support.sum()
-    for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+    micro = _micro(cm)
+    for i, (name, values) in enumerate((("precision", precision), ("recall", recall), ("f1", f1))):
+        result[f"{name}_micro"] = micro[i]
         result[f"{name}_macro"] = float(values.mean())
         result[f"{name}_weighted"] = float(np.dot(values, weights))
 
     target_probs = probs[np.arange(num_samples), targets]
     result["loss"] = float(-np.log(np.clip(target_probs, _EPS, None)).mean())
+    result["log_loss"] = log_loss(raw_probs, targets)
+    result["ece"] = expected_calibration_error(probs, targets)
     result["num_samples"] = int(num_samples)
     return result
 

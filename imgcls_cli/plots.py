@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from imgcls_cli.metrics import row_normalized  # noqa: E402
+
 DPI = 110
 MAX_ANNOTATED_CLASSES = 30
 
@@ -72,12 +74,6 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> None:
     _save(fig, path)
 
 
-def _normalize_rows(cm: np.ndarray) -> np.ndarray:
-    """Each row divided by its sum; rows with no samples stay 0."""
-    totals = cm.sum(axis=1, keepdims=True).astype(np.float64)
-    return np.divide(cm, totals, out=np.zeros(cm.shape, dtype=np.float64), where=totals != 0)
-
-
 def _annotate(ax: plt.Axes, values: np.ndarray, normalize: bool, vmax: float, fontsize: float) -> None:
     """Write each cell's value, white on dark cells and black on light ones."""
     threshold = vmax / 2
@@ -99,7 +95,7 @@ def plot_confusion_matrix(
     num_classes = len(classes)
     if num_classes == 0 or cm.shape != (num_classes, num_classes):
         raise ValueError(f"cm must have shape ({num_classes}, {num_classes}), got {cm.shape}")
-    values = _normalize_rows(cm) if normalize else cm.astype(np.float64)
+    values = row_normalized(cm) if normalize else cm.astype(np.float64)
     vmax = 1.0 if normalize else max(float(values.max()), 1.0)
 
     # ~0.3 in per class keeps 100 labels legible; the cap keeps huge K under ~4000 px.
@@ -143,22 +139,7 @@ def plot_augment_preview(
     if mean is not None and std is not None:
         pixels = pixels * np.asarray(std).reshape(1, -1, 1, 1) + np.asarray(mean).reshape(1, -1, 1, 1)
     pixels = np.clip(pixels, 0.0, 1.0)
-    num_cols = min(8, len(pixels))
-    num_rows = max(1, math.ceil(len(pixels) / 8))
-    # One mosaic in one axes (a title band above each tile): much faster to draw than a subplot per image.
-    n, c, h, w = pixels.shape
-    gap, band = max(2, w // 8), max(8, h // 3)
-    mosaic = np.ones((num_rows * (h + band + gap), num_cols * (w + gap), 3))
-    for i, image in enumerate(pixels):
-        top, left = (i // num_cols) * (h + band + gap) + band, (i % num_cols) * (w + gap)
-        mosaic[top:top + h, left:left + w] = (np.repeat(image, 3, axis=0) if c == 1 else image[:3]).transpose(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(1.9 * num_cols + 0.5, 2.1 * num_rows + 0.3))
-    ax.imshow(mosaic, interpolation="nearest", aspect="equal")
-    ax.axis("off")
-    for i, target in enumerate(targets):
-        x, y = (i % num_cols) * (w + gap) + w / 2, (i // num_cols) * (h + band + gap) + band / 2
-        ax.text(x, y, _preview_title(target, classes), ha="center", va="center", fontsize=8)
-    _save(fig, path)
+    plot_image_grid(pixels, [_preview_title(t, classes) for t in targets], path)
 
 
 def _preview_title(target: np.ndarray, classes: Sequence[str]) -> str:
@@ -214,3 +195,77 @@ def plot_compare(jobs: Sequence[tuple[str, Sequence[Mapping[str, object]], objec
     bar_ax.set_ylim(0, 1.05)
     bar_ax.set_title("Test accuracy")
     _save(fig, path)
+
+
+def plot_reliability(counts: np.ndarray, accuracy: np.ndarray, confidence: np.ndarray, ece: float, path: Path) -> None:
+    """Save a reliability diagram: accuracy per confidence bin against the diagonal, over a histogram of confidences.
+
+    Bars under the diagonal mean over-confidence; the histogram shows which bins hold enough samples to trust.
+    counts, accuracy, confidence: per equal-width bin over [0, 1], as metrics.calibration_bins returns them.
+    """
+    counts, accuracy, confidence = np.asarray(counts), np.asarray(accuracy), np.asarray(confidence)
+    num_bins = len(counts)
+    if num_bins == 0 or accuracy.shape != counts.shape or confidence.shape != counts.shape:
+        raise ValueError(f"need equal-length non-empty bins, got {counts.shape}, {accuracy.shape}, {confidence.shape}")
+    width = 1.0 / num_bins
+    centers = (np.arange(num_bins) + 0.5) * width
+    filled = counts > 0
+    fig, (rel_ax, hist_ax) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 1]})
+    rel_ax.bar(centers[filled], accuracy[filled], width=width, edgecolor="black",
+               color="tab:blue", label="accuracy")
+    gap_bottom = np.minimum(accuracy, confidence)[filled]
+    rel_ax.bar(centers[filled], np.abs(confidence - accuracy)[filled], bottom=gap_bottom, width=width,
+               color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to confidence")
+    rel_ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    rel_ax.set_xlim(0, 1)
+    rel_ax.set_ylim(0, 1)
+    rel_ax.set_ylabel("accuracy")
+    rel_ax.set_title(f"Reliability diagram (ECE = {ece:.4f})")
+    rel_ax.legend(loc="upper left", fontsize=8)
+    rel_ax.grid(True, alpha=0.3)
+    hist_ax.bar(centers, counts, width=width, edgecolor="black", color="tab:gray")
+    hist_ax.set_xlabel("confidence (max probability)")
+    hist_ax.set_ylabel("samples")
+    _save(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, limit: int = 32) -> None:
+    """Save a grid (8 wide, up to `limit` images) with a title above each: augmented samples, the most confident
+    errors of a run, predictions.
+
+    images: (N, C, H, W), uint8 in [0, 255] or floats in [0, 1]; floats outside [0, 1] (normalized inputs) are
+    stretched per image to [0, 1] so they stay recognizable instead of clipping to black and white.
+    """
+    pixels = np.asarray(images)[:limit]
+    if pixels.ndim != 4 or len(pixels) == 0 or len(titles) < len(pixels):
+        raise ValueError(f"need (N, C, H, W) images with a title each, got {pixels.shape} and {len(titles)} titles")
+    pixels = _display_range(pixels)
+    n, c, h, w = pixels.shape
+    num_cols = min(8, n)
+    num_rows = math.ceil(n / num_cols)
+    # One mosaic in one axes, as in plot_augment_preview: much faster to draw than a subplot per image.
+    gap, band = max(2, w // 8), max(8, h // 3)
+    mosaic = np.ones((num_rows * (h + band + gap), num_cols * (w + gap), 3))
+    for i, image in enumerate(pixels):
+        top, left = (i // num_cols) * (h + band + gap) + band, (i % num_cols) * (w + gap)
+        mosaic[top:top + h, left:left + w] = (np.repeat(image, 3, axis=0) if c == 1 else image[:3]).transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(2.2 * num_cols + 0.5, 2.3 * num_rows + 0.3))
+    ax.imshow(mosaic, interpolation="nearest", aspect="equal")
+    ax.axis("off")
+    for i, title in enumerate(titles[:n]):
+        x, y = (i % num_cols) * (w + gap) + w / 2, (i // num_cols) * (h + band + gap) + band / 2
+        ax.text(x, y, title, ha="center", va="center", fontsize=7)
+    _save(fig, path)
+
+
+def _display_range(pixels: np.ndarray) -> np.ndarray:
+    """Images as floats in [0, 1]: uint8 scaled by 1/255, floats in range kept, others min-max stretched per image."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float64) / 255.0
+    pixels = pixels.astype(np.float64)
+    if pixels.min() >= 0.0 and pixels.max() <= 1.0:
+        return pixels
+    low = pixels.min(axis=(1, 2, 3), keepdims=True)
+    span = pixels.max(axis=(1, 2, 3), keepdims=True) - low
+    return np.divide(pixels - low, span, out=np.zeros_like(pixels), where=span > 0)

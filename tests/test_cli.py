@@ -91,7 +91,8 @@ def test_train_run_directory_holds_exactly_the_design_files(trained_run):
         "train.log", "config.yaml", "metrics.csv", "summary.json",
         "checkpoints/last.pt", "checkpoints/best.pt",
         "eval/metrics.json", "eval/per_class.csv", "eval/confusion_matrix.csv", "eval/confusion_matrix.png",
-        "eval/predictions.csv",
+        "eval/predictions.csv", "eval/classification_report.txt", "eval/confusion_matrix_normalized.csv",
+        "eval/reliability.png", "eval/misclassified.png",
         "plots/curves.png", "plots/augment_preview.png", "plots/lr.png", "splits.csv",
     }
     assert files_under(trained_run.run_dir) == expected  # no temporary or stray files either
@@ -381,6 +382,8 @@ def test_predict_a_folder_with_broken_files(predict_runs, predict_inputs, traine
     expected = sorted([str(p) for p in predict_inputs["good"]] + [str(p) for p in predict_inputs["broken"]])
     assert sorted(r["path"] for r in rows) == expected  # one row per file, subfolder included
     check_prediction_rows(rows, predict_inputs, trained_run)
+    height, width = png_shape(result.run_dir / "predictions.png")[:2]  # the decoded images with their labels
+    assert 100 <= height <= 4000 and 100 <= width <= 4000
 
 
 def test_predict_a_single_file(predict_runs, predict_inputs, trained_run):

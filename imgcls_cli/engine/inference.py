@@ -79,6 +79,7 @@ class Scored:
     ids: list[str]
     id_column: str
     dataset: str
+    images: np.ndarray | None = None  # uint8 (N, C, H, W) when the split is in memory: for misclassified.png
 
 
 @torch.inference_mode()
@@ -173,7 +174,8 @@ def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any]
     if isinstance(loader, StreamLoader) and loader.skipped:  # files that stopped decoding since training
         write_skipped_files(run_dir, [*bundle.skipped, *sorted(loader.skipped.items())], log)
     return Scored(str(checkpoint), ckpt, probs.numpy(), targets.numpy(), read_ids(loader, data.ids),
-                  bundle.id_column, f"{bundle.name} ({split}, {len(data)} images)")
+                  bundle.id_column, f"{bundle.name} ({split}, {len(data)} images)",
+                  data.images.numpy() if data.in_memory else None)
 
 
 def combine(members: list[Scored], method: str) -> np.ndarray:
@@ -195,7 +197,7 @@ def combine(members: list[Scored], method: str) -> np.ndarray:
 def _report(scored: Scored, probs: np.ndarray, out_dir: Path, split: str, topk: int, extra: dict[str, Any]
             ) -> dict[str, Any]:
     return write_eval_reports(out_dir, probs, scored.targets, list(scored.ckpt["classes"]), scored.ids,
-                              scored.id_column, topk, extra={"split": split, **extra})
+                              scored.id_column, topk, extra={"split": split, **extra}, images=scored.images)
 
 
 def run_eval(

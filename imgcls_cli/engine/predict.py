@@ -19,10 +19,12 @@ from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision
 from imgcls_cli.engine.inference import model_from_checkpoint
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
+from imgcls_cli.plots import plot_image_grid
 from imgcls_cli.rundir import write_csv, write_json
 
 log = logging.getLogger("imgcls")
 GLOB_CHARS = set("*?[")
+GRID_LIMIT = 64  # images in predictions.png
 
 
 def read_list_file(text: str) -> list[Path]:
@@ -121,6 +123,7 @@ def run_predict(
                         pin_memory=dev.type == "cuda")
     errors = [""] * len(paths)
     probs = []
+    shown: list[np.ndarray] = []  # the first decoded images, for predictions.png
     start = time.perf_counter()
     with torch.inference_mode():
         for indices, images, errs in loader:
@@ -128,6 +131,8 @@ def run_predict(
                 errors[i] = e
             if images is None:
                 continue
+            if len(shown) < GRID_LIMIT:
+                shown += list(images[: GRID_LIMIT - len(shown)].numpy())
             x = (images.to(dev, non_blocking=True).float().div_(255) - mean) / std
             with autocast(dev, prec):
                 logits = model(x)
@@ -138,6 +143,10 @@ def run_predict(
     target = Path(output) if output else Path(run_dir) / "predictions.csv"
     write_csv(target, rows, columns)
     write_json(target.with_suffix(".json"), [prediction_json(row, topk) for row in rows])
+    if shown:
+        labelled = [r for r in rows if not r["error"]][: len(shown)]
+        plot_image_grid(np.stack(shown), [f"{r['label']} ({float(r['probability']):.2f})" for r in labelled],
+                        target.with_name("predictions.png"), limit=GRID_LIMIT)
     ok = len(probs_np)
     _show(rows, ok, len(paths), seconds, target)
     if ok == 0:

@@ -1,4 +1,5 @@
-"""Eval reports: metrics.json, per_class.csv, confusion_matrix.{csv,png}, predictions.csv."""
+"""Eval reports: metrics.json, per_class.csv, confusion_matrix{,_normalized}.csv, confusion_matrix.png,
+classification_report.txt, reliability.png, misclassified.png (when images are given) and predictions.csv."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from imgcls_cli import metrics as M
-from imgcls_cli.plots import plot_confusion_matrix
+from imgcls_cli.plots import plot_confusion_matrix, plot_image_grid, plot_reliability
 from imgcls_cli.rundir import write_csv, write_json, write_text_atomic
 
 
@@ -48,13 +49,44 @@ def prediction_rows(
     return rows, columns
 
 
-def confusion_csv(cm: np.ndarray, classes: Sequence[str]) -> str:
+def confusion_csv(cm: np.ndarray, classes: Sequence[str], corner: str = "true \\ predicted") -> str:
+    """The matrix as CSV with class names on both axes; the corner cell names the orientation (rows = true)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["true \\ predicted", *classes])
+    writer.writerow([corner, *classes])
     for name, row in zip(classes, cm):
         writer.writerow([name, *row.tolist()])
     return buf.getvalue()
+
+
+def classification_report(per_class: Sequence[dict[str, Any]], metrics: dict[str, Any], digits: int = 4) -> str:
+    """scikit-learn's classification_report layout, from the numbers of per_class.csv and metrics.json so the
+    files cannot disagree: a row per class, then accuracy, macro avg and weighted avg."""
+    width = max(len("weighted avg"), digits, *(len(str(row["class"])) for row in per_class))
+    total = sum(int(row["support"]) for row in per_class)
+
+    def line(name: str, precision: float, recall: float, f1: float, support: int) -> str:
+        scores = "".join(f" {value:>9.{digits}f}" for value in (precision, recall, f1))
+        return f"{name:>{width}} {scores} {support:>9}\n"
+
+    header = " " * (width + 1) + "".join(f" {name:>9}" for name in ("precision", "recall", "f1-score", "support"))
+    rows = "".join(line(str(r["class"]), r["precision"], r["recall"], r["f1"], r["support"]) for r in per_class)
+    accuracy = f"{'accuracy':>{width}} {'':20} {metrics['accuracy']:>9.{digits}f} {total:>9}\n"
+    averages = "".join(line(f"{avg} avg", metrics[f"precision_{avg}"], metrics[f"recall_{avg}"],
+                            metrics[f"f1_{avg}"], total) for avg in ("macro", "weighted"))
+    return f"{header}\n\n{rows}\n{accuracy}{averages}"
+
+
+def write_misclassified(
+    path: Path, images: np.ndarray, probs: np.ndarray, targets: np.ndarray, classes: Sequence[str]
+) -> None:
+    """misclassified.png: the most confident errors titled "true → predicted (p)"; no file when nothing is wrong."""
+    worst = M.most_confident_errors(probs, targets, limit=32)
+    if len(worst) == 0:
+        return
+    preds = probs[worst].argmax(1)
+    titles = [f"{classes[int(targets[i])]} → {classes[int(p)]} ({probs[i, p]:.2f})" for i, p in zip(worst, preds)]
+    plot_image_grid(np.asarray(images)[worst], titles, path)
 
 
 def write_eval_reports(
@@ -66,18 +98,30 @@ def write_eval_reports(
     id_column: str,
     topk: int,
     extra: dict[str, Any] | None = None,
+    images: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Compute the metrics of probs against targets and write every eval file; return metrics.json's dict."""
+    """Compute the metrics of probs against targets and write every eval file; return metrics.json's dict.
+
+    images: (N, C, H, W) uint8 or float in the order of probs; only then is misclassified.png written.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if images is not None and len(images) != len(probs):
+        raise ValueError(f"images and probs differ in length: {len(images)} vs {len(probs)}")
     metrics = M.classification_metrics(probs, targets, topk=[topk])
     preds = probs.argmax(1)
     cm = M.confusion_matrix(targets, preds, len(classes))
     write_json(out / "metrics.json", {**metrics, **(extra or {})})
     per_class = M.per_class_rows(targets, preds, classes)
     write_csv(out / "per_class.csv", per_class, ["class", "precision", "recall", "f1", "support", "accuracy"])
+    write_text_atomic(out / "classification_report.txt", classification_report(per_class, metrics))
     write_text_atomic(out / "confusion_matrix.csv", confusion_csv(cm, classes))
+    write_text_atomic(out / "confusion_matrix_normalized.csv",
+                      confusion_csv(np.round(M.row_normalized(cm), 6), classes, "true \\ predicted (row fraction)"))
     plot_confusion_matrix(cm, classes, out / "confusion_matrix.png")
+    plot_reliability(*M.calibration_bins(probs, targets), metrics["ece"], out / "reliability.png")
+    if images is not None:
+        write_misclassified(out / "misclassified.png", images, probs, targets, classes)
     rows, columns = prediction_rows(probs, classes, ids, id_column, topk, targets)
     write_csv(out / "predictions.csv", rows, columns)
     return metrics

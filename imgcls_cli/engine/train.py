@@ -577,9 +577,11 @@ def evaluate_best(model: nn.Module, run_dir: Path, loader: DeviceLoader, bundle:
     model.load_state_dict(best["state_dict"])
     logits, targets = predict_logits(model, loader, amp)
     probs = torch.softmax(logits, 1).numpy()
+    test = bundle.splits["test"]
     return write_eval_reports(run_dir / "eval", probs, targets.numpy(), bundle.classes,
-                              read_ids(loader, bundle.splits["test"].ids), bundle.id_column, topk,
-                              extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"]})
+                              read_ids(loader, test.ids), bundle.id_column, topk,
+                              extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"]},
+                              images=test.images.numpy() if test.in_memory else None)
 
 
 def _results_table(run: Run, model_name: str, dataset: str, test: dict[str, Any]) -> None:
