@@ -120,3 +120,19 @@ def test_precision_auto_on_cpu_follows_the_cpu_flags(monkeypatch, flags, auto):
         device.resolve_precision("fp16", cpu)
     with pytest.raises(UserError, match="precision must be one of"):
         device.resolve_precision("fp8", cpu)
+
+
+@pytest.mark.parametrize("flags,model_name,expected", [
+    ({"avx512_bf16"}, "efficientnet_b0", "fp32"),  # depthwise convolutions: fp32 is faster there
+    ({"avx512_bf16"}, "simple_cnn", "bf16"),
+    ({"avx512_bf16", "amx_bf16"}, "efficientnet_b0", "bf16"),  # AMX runs them well in bf16
+])
+def test_precision_auto_takes_the_model_into_account_on_cpu(flags, model_name, expected):
+    from imgcls_cli.engine.device import auto_precision_for_model
+    from imgcls_cli.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=10, in_channels=3, image_size=32)
+    cpu = torch.device("cpu")
+    assert auto_precision_for_model("bf16", "auto", cpu, model, flags) == expected
+    assert auto_precision_for_model("bf16", "bf16", cpu, model, flags) == "bf16"  # asked for: kept

@@ -14,7 +14,8 @@ from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.data.datasets import SPLITS, load_dataset
 from imgcls_cli.data.loader import StreamLoader, make_loader, read_ids, resolve_workers
-from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
+from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
+                                      use_channels_last)
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS, create_model
@@ -138,6 +139,7 @@ def checkpoint_paths(spec: Any) -> list[str]:
 
 def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any] | None, dataset_keys: list[str],
                      dev: torch.device, prec: str, batch_size: int | None, num_workers: Any, tta: str,
+                     precision: str = "auto",
                      run_dir: Path, like: Scored | None = None) -> Scored:
     """Probabilities of one checkpoint on a split. `like`: an ensemble's first member, whose classes, input and
     images this one must share."""
@@ -154,6 +156,7 @@ def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any]
                 raise UserError(f"ensemble members differ in {what}: {checkpoint} has {mine}, {like.checkpoint} has "
                                 f"{theirs}; ensemble checkpoints trained on the same classes and input.")
     model = model_from_checkpoint(ckpt, dev)
+    prec = auto_precision_for_model(prec, precision, dev, model)  # as training chose it: the same numbers
     ds_cfg = dataset_for_checkpoint(like.ckpt if like else ckpt, dataset_cfg, dataset_keys,
                                     like.checkpoint if like else checkpoint)
     bundle = load_dataset(ds_cfg, int((like.ckpt if like else ckpt)["config"].get("seed", 0)))
@@ -227,7 +230,7 @@ def run_eval(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     args = {"split": split, "dataset_cfg": dataset_cfg, "dataset_keys": dataset_keys or [], "dev": dev,
-            "prec": prec, "batch_size": batch_size, "num_workers": num_workers, "tta": tta, "run_dir": run_dir}
+            "prec": prec, "precision": precision, "batch_size": batch_size, "num_workers": num_workers, "tta": tta, "run_dir": run_dir}
     first = score_checkpoint(paths[0], **args)
     if len(paths) == 1:
         metrics = _report(first, first.probs, run_dir, split, topk,

@@ -21,7 +21,8 @@ from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.ema import build_ema
-from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
+from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
+                                      use_channels_last)
 from imgcls_cli.engine.fit import NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
@@ -392,6 +393,11 @@ def _fit(run: Run) -> None:
     model, model_name, model_kwargs = build_model(cfg, bundle)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
+    chosen = auto_precision_for_model(precision, cfg["precision"], device, model)
+    if chosen != precision:
+        log.info(f"precision=auto: {chosen}, not {precision}: this model's depthwise convolutions are faster in "
+                 f"fp32 on this CPU (AVX512-BF16 without AMX)")
+        precision = run.summary["precision"] = chosen
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"model {model_name}: {n_params / 1e6:.2f}M parameters; device {device}, precision {precision}"
              f"{', channels_last' if channels_last else ''}")
