@@ -351,3 +351,10 @@ def test_given_mean_and_std_replace_the_computed_ones():
 
 def test_every_dataset_has_a_config():
     assert {p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")} == set(DATASETS.names())
+
+
+def test_split_seed_fixes_the_splits_whatever_the_run_seed():
+    cfg = {**BASE, "name": "digits", "image_size": 8, "val_fraction": 0.15, "test_fraction": 0.2}
+    a, b = (load_dataset({**cfg, "split_seed": 0}, seed=s) for s in (1, 2))
+    assert a.splits["test"].ids == b.splits["test"].ids
+    assert load_dataset(cfg, seed=1).splits["test"].ids != load_dataset(cfg, seed=2).splits["test"].ids

@@ -192,6 +192,8 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
     folds, fold = _folds(cfg.pop("folds", None), cfg.pop("fold", 0))
     given_stats = _given_stats(cfg.pop("mean", None), cfg.pop("std", None), channels)
     splits_file = cfg.pop("splits_file", None)
+    split_seed = cfg.pop("split_seed", None)  # null: the run's seed; fixed: the same splits for every seed
+    seed = seed if split_seed is None else as_int(split_seed, "dataset.split_seed", minimum=0)
     placement = Placement.from_config(cfg)
     for key in TRAINING_KEYS:
         cfg.pop(key, None)

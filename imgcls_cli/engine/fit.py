@@ -42,6 +42,9 @@ class StepOptions:
     grad_clip_norm: float | None = None  # clip the gradients' global norm to this
     accumulate_steps: int = 1  # batches whose gradients add up into one optimizer step
     on_nan: str = "stop"  # stop | skip_batch: what a non-finite loss does
+    # Knowledge distillation: the teacher's logits of a batch, and the loss that mixes them in.
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
+    distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 class NonFiniteLoss(Exception):
@@ -103,6 +106,8 @@ def train_one_epoch(
         with amp() if callable(amp) else amp:
             logits = model(x)
             loss = loss_fn(logits.float(), target)
+        if options.teacher is not None and options.distill is not None:
+            loss = options.distill(logits.float(), options.teacher(x), loss)
         if options.penalty is not None:  # in float32, outside autocast
             loss = loss + options.penalty()
         finite = torch.isfinite(loss.detach())

@@ -20,6 +20,7 @@ from imgcls_cli.checkpoint import save_checkpoint
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
+from imgcls_cli.engine.distill import distill_options, distillation_loss, load_teacher
 from imgcls_cli.engine.ema import build_ema
 from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
                                       use_channels_last)
@@ -366,6 +367,7 @@ def _fit(run: Run) -> None:
     lr_factor = build_schedule(cfg["schedule"], epochs)
     augment = build_augment(cfg["augment"])
     optimizer_options(cfg["optimizer"])
+    distill_options(cfg.get("distill"))
     smoothing = as_float(cfg.get("label_smoothing", 0.0), "label_smoothing")
     if not 0.0 <= smoothing < 1.0:
         raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
@@ -432,6 +434,12 @@ def _fit(run: Run) -> None:
     has_val = len(bundle.splits["val"]) > 0
     step_options = StepOptions(penalty=penalty(model, cfg["optimizer"]), grad_clip_norm=options.grad_clip_norm,
                                accumulate_steps=options.accumulate_steps, on_nan=on_nan)
+    teacher_path, temperature, alpha = distill_options(cfg.get("distill"))
+    if teacher_path:
+        teacher = load_teacher(teacher_path, bundle.classes, model_input(bundle), device)
+        log.info(f"distilling from {teacher_path}: T {temperature}, alpha {alpha}")
+        step_options.teacher = lambda x: teacher(x, amp)
+        step_options.distill = lambda s, t, hard: distillation_loss(s, t, hard, temperature, alpha)
     every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
                            minimum=0)
     best_acc, best_epoch, step, start_epoch, position = -1.0, 0, 0, 1, None

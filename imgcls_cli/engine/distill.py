@@ -1,0 +1,75 @@
+"""Knowledge distillation: a trained teacher's softened outputs as extra targets for the student.
+
+loss = α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α)·CE(s, y)   (Hinton et al.; T² keeps the gradients' scale)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls_cli.errors import UserError, as_float
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, temperature: float,
+                      alpha: float) -> torch.Tensor:
+    """α·T²·KL(teacher ‖ student) on the temperature-softened distributions, plus (1 − α) times the usual loss."""
+    soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                    reduction="batchmean", log_target=True)
+    return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard_loss
+
+
+class Teacher:
+    """A checkpoint's model in eval mode that takes the student's normalized batches.
+
+    The teacher may be any architecture trained on the same classes; its own input size and normalization are
+    restored from the student's batch (resize, then re-normalize), so teacher and student need not share them.
+    """
+
+    def __init__(self, model: nn.Module, student_input: dict[str, Any], teacher_input: dict[str, Any],
+                 device: torch.device) -> None:
+        self.model = model.to(device).eval().requires_grad_(False)
+        view = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
+        self.s_mean, self.s_std = view(student_input["mean"]), view(student_input["std"])
+        self.t_mean, self.t_std = view(teacher_input["mean"]), view(teacher_input["std"])
+        self.size = int(teacher_input["size"])
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, amp: Callable[[], Any]) -> torch.Tensor:
+        x = x * self.s_std + self.s_mean
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = (x - self.t_mean) / self.t_std
+        with amp():
+            return self.model(x).float()
+
+
+def distill_options(cfg: dict[str, Any] | None) -> tuple[str | None, float, float]:
+    """(teacher path or None, temperature, alpha) from distill.* with their checks."""
+    cfg = cfg or {}
+    teacher = cfg.get("teacher")
+    temperature = as_float(cfg.get("temperature", 4.0), "distill.temperature")
+    alpha = as_float(cfg.get("alpha", 0.7), "distill.alpha")
+    if temperature <= 0:
+        raise UserError(f"distill.temperature must be > 0, not {temperature}.")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"distill.alpha must be in [0, 1], not {alpha}.")
+    return (str(teacher) if teacher else None), temperature, alpha
+
+
+def load_teacher(path: str, classes: list[str], student_input: dict[str, Any], device: torch.device) -> Teacher:
+    """The teacher of distill.teacher=PATH; it must know the student's classes, in the same order."""
+    from imgcls_cli.checkpoint import load_checkpoint
+    from imgcls_cli.engine.inference import model_from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if list(ckpt["classes"]) != list(classes):
+        raise UserError(f"distill.teacher={path} was trained on other classes ({len(ckpt['classes'])}: "
+                        f"{', '.join(map(str, ckpt['classes'][:5]))}...) than this dataset's; the teacher must "
+                        "share the student's classes.")
+    if int(ckpt["input"]["channels"]) != int(student_input["channels"]):
+        raise UserError(f"distill.teacher={path} takes {ckpt['input']['channels']}-channel images, the student "
+                        f"{student_input['channels']}; set dataset.channels to match.")
+    return Teacher(model_from_checkpoint(ckpt, device), student_input, ckpt["input"], device)
