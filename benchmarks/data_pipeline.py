@@ -13,7 +13,6 @@ Prints a markdown table and the machine.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
+from machine import cpu_name
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import load_dataset
 from imgcls_cli.data.loader import DeviceLoader, make_loader, resolve_workers
@@ -80,12 +80,7 @@ def write_folder(images: np.ndarray, labels: np.ndarray, root: Path) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, torchvision {torchvision.__version__}"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, torchvision {torchvision.__version__}"
 
 
 def main() -> None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import time
-from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 from imgcls_cli.data.datasets import load_dataset
 from imgcls_cli.data.loader import DeviceLoader
@@ -80,10 +79,7 @@ def main() -> None:
                 model(x_all[lo:lo + BATCH])
 
     ours, theirs = best_rates([lambda: predict_probs(model, loader, amp), bare], n, args.repeats)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+    cpu = cpu_name()
     print(f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.model} on {n:,} {dataset} "
           f"test images, batch {BATCH}, {device} {precision}{' channels_last' if channels_last else ''}\n")
     print("| path | images/s | vs bare |\n| --- | ---: | ---: |")

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from machine import cpu_name
 from imgcls_cli.engine.device import cpu_has_fast_bf16
 from imgcls_cli.listing import ModelPreset, format_macs, model_cost, model_presets
 from imgcls_cli.models import create_model, input_size
@@ -38,12 +37,7 @@ BATCH, IMAGE_SIZE, NUM_CLASSES, DEFAULT_BUDGET = 128, 32, 10, 540
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    return (f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"AMX/AVX512-BF16: {'yes' if cpu_has_fast_bf16() else 'no'}")
 
 

@@ -15,12 +15,10 @@ One warm-up epoch each, then --epochs timed epochs. Prints a markdown table and 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import platform
 import time
-from pathlib import Path
 
 import torch
+from machine import cpu_name
 import torch.nn.functional as F
 
 from imgcls_cli.data.datasets import load_dataset
@@ -114,10 +112,7 @@ def main() -> None:
 
     plain = timed(plain_epoch, args.epochs, n)
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+    cpu = cpu_name()
     print(f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.model} on {n:,} {dataset} "
           f"images, batch {BATCH}, {device} {precision}{' channels_last' if channels_last else ''}\n")
     print("| loop | images/s | imgcls vs it |\n| --- | ---: | ---: |")
