@@ -16,11 +16,11 @@ import contextlib
 import time
 
 import torch
-from machine import cpu_name
+from machine import auto_settings, cpu_name
 
 from imgcls_cli.data.datasets import load_dataset
 from imgcls_cli.data.loader import DeviceLoader
-from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
+from imgcls_cli.engine.device import autocast
 from imgcls_cli.engine.inference import predict_probs
 from imgcls_cli.models import create_model
 
@@ -59,10 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     images, labels, dataset = test_images(args.images)
     n = len(labels)
-    device = resolve_device("auto")
-    precision = resolve_precision("auto", device)
-    channels_last = use_channels_last("auto", device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    device, precision, channels_last, fmt = auto_settings()
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=10, in_channels=1, image_size=28).to(device, memory_format=fmt)
     model.eval()

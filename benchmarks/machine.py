@@ -13,3 +13,15 @@ def cpu_name() -> str:
         name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name")), name)
     return name
+
+
+def auto_settings():
+    """(device, precision, channels_last, memory format) as imgcls picks them with its defaults (all `auto`)."""
+    import torch
+
+    from imgcls_cli.engine.device import resolve_device, resolve_precision, use_channels_last
+
+    device = resolve_device("auto")
+    channels_last = use_channels_last("auto", device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return device, resolve_precision("auto", device), channels_last, fmt

@@ -18,12 +18,12 @@ import argparse
 import time
 
 import torch
-from machine import cpu_name
+from machine import auto_settings, cpu_name
 import torch.nn.functional as F
 
 from imgcls_cli.data.datasets import load_dataset
 from imgcls_cli.data.loader import DeviceLoader
-from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision, use_channels_last
+from imgcls_cli.engine.device import autocast
 from imgcls_cli.engine.fit import train_one_epoch
 from imgcls_cli.models import create_model
 
@@ -64,10 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     images, labels, dataset = data(args.images)
     n = len(labels)
-    device = resolve_device("auto")
-    precision = resolve_precision("auto", device)
-    channels_last = use_channels_last("auto", device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    device, precision, channels_last, fmt = auto_settings()
     mean, std = [images.float().mean().item() / 255], [images.float().std().item() / 255]
 
     model, opt = build(args.model, fmt)

@@ -149,12 +149,12 @@ def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any]
     if size < 1:
         raise UserError(f"batch_size must be a positive whole number, not {size}.")
     if like is not None:
-        for key, what in (("classes", "classes"), ("input", "input channels and size")):
-            mine = ckpt[key] if key == "classes" else (ckpt["input"]["channels"], ckpt["input"]["size"])
-            theirs = like.ckpt[key] if key == "classes" else (like.ckpt["input"]["channels"], like.ckpt["input"]["size"])
-            if list(mine) != list(theirs):
-                raise UserError(f"ensemble members differ in {what}: {checkpoint} has {mine}, {like.checkpoint} has "
-                                f"{theirs}; ensemble checkpoints trained on the same classes and input.")
+        shapes = {"classes": lambda c: list(c["classes"]),
+                  "input channels and size": lambda c: [c["input"]["channels"], c["input"]["size"]]}
+        for what, of in shapes.items():
+            if of(ckpt) != of(like.ckpt):
+                raise UserError(f"ensemble members differ in {what}: {checkpoint} has {of(ckpt)}, {like.checkpoint} "
+                                f"has {of(like.ckpt)}; ensemble checkpoints trained on the same classes and input.")
     model = model_from_checkpoint(ckpt, dev)
     prec = auto_precision_for_model(prec, precision, dev, model)  # as training chose it: the same numbers
     ds_cfg = dataset_for_checkpoint(like.ckpt if like else ckpt, dataset_cfg, dataset_keys,

@@ -242,7 +242,8 @@ class EarlyStopping:
         patience = as_int(cfg.get("patience", 0) or 0, "early_stopping.patience", minimum=0)
         if patience and not has_val:
             raise UserError("early_stopping.patience needs a validation split (dataset.val_fraction > 0).")
-        return cls(metric, mode, patience)
+        # Without a validation split best.pt follows the training accuracy, which is better when higher.
+        return cls(metric, mode if has_val else "max", patience)
 
     def score(self, row: dict[str, Any]) -> float | None:
         return row.get(self.metric)
@@ -467,9 +468,11 @@ def _fit(run: Run) -> None:
         log.info(f"resuming {run_dir} at {where} (step {step})")
         restore_rng(resumed["rng"])
 
-    def save_last(epoch_done: int, at: dict[str, Any] | None) -> None:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_checkpoint({**base, "state_dict": state, "epoch": epoch_done, "step": step,
+    def cpu_state() -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def save_last(epoch_done: int, at: dict[str, Any] | None, state: dict[str, torch.Tensor] | None = None) -> None:
+        save_checkpoint({**base, "state_dict": state or cpu_state(), "epoch": epoch_done, "step": step,
                          "metrics": {k: v for k, v in run.rows[-1].items() if k != "epoch"} if run.rows else {},
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
@@ -539,17 +542,16 @@ def _fit(run: Run) -> None:
                     board.add_scalar(key, value, epoch)
             board.flush()
         score = stopper.score(row) if has_val else result.accuracy
-        improved = score is not None and (best_epoch == 0 or (stopper.better(score, best_acc) if has_val
-                                                               else score > best_acc))
+        improved = score is not None and (best_epoch == 0 or stopper.better(score, best_acc))
+        state = cpu_state()  # one copy for best.pt and last.pt
         if improved:
             best_acc, best_epoch = score, epoch
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             save_checkpoint({**base, "state_dict": state, "epoch": epoch, "step": step,
                              "metrics": {k: v for k, v in row.items() if k != "epoch"}},
                             run_dir / "checkpoints" / "best.pt")
         if validate:
             stopper.count(improved)
-        save_last(epoch, None)
+        save_last(epoch, None, state)
         val_text = f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if validate else ""
         val_text += f"  ema_val_acc {ema_acc:.4f}" if ema_acc is not None else ""
         log.info(f"epoch {epoch}/{epochs}  lr {lr:.3g}  train_loss {result.loss:.4f}  train_acc "
