@@ -504,3 +504,6 @@ def csv_file(*, image_size: int, channels: int, seed: int, file: str | None = No
     path = Path(file).expanduser()
     files, labels, splits = read_label_csv(path)
     return _file_source(files, labels, splits, sorted_classes(labels), path.parent, on_bad_file)
+
+
+from imgcls_cli.data import shifted  # noqa: E402,F401  (registers the shifted-domain datasets)
