@@ -66,13 +66,23 @@ def _split(model: nn.Module, decay_norm_and_bias: bool) -> tuple[list[nn.Paramet
     return decay, no_decay
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
-    """torch param groups: weight decay on the decayed parameters, none on the exempt ones."""
-    decay, no_decay = _split(model, decay_norm_and_bias)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False,
+                 lr: float | None = None, lr_mult: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
+    """torch param groups: weight decay on the decayed parameters, none on the exempt ones; with lr_mult (a
+    factor per parameter name), parameters whose factor is not 1 get their own groups at lr x factor."""
+    groups: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            mult = lr_mult(name) if lr_mult is not None else 1.0
+            exempt = not (decay_norm_and_bias or p.ndim > 1)
+            groups.setdefault((mult != 1.0, mult, exempt), []).append(p)
+    result = []
+    for (_, mult, exempt), params in sorted(groups.items()):  # the lr x 1 groups first: they are the run's lr
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if exempt else weight_decay}
+        if mult != 1.0:
+            group["lr"] = mult * (lr if lr is not None else 0.0)
+        result.append(group)
+    return result or [{"params": [], "weight_decay": weight_decay}]
 
 
 @OPTIMIZERS.register("sgd")
@@ -170,11 +180,14 @@ def optimizer_options(cfg: dict[str, Any]) -> OptimizerOptions:
                             _decay_norm_and_bias(cfg), kwargs)
 
 
-def build_optimizer(model: nn.Module, cfg: dict[str, Any], batch_size: int | None = None) -> torch.optim.Optimizer:
-    """The optimizer over model's trainable parameters; batch_size (images per forward pass) matters with base_lr."""
+def build_optimizer(model: nn.Module, cfg: dict[str, Any], batch_size: int | None = None,
+                    lr_mult: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
+    """The optimizer over model's trainable parameters; batch_size (images per forward pass) matters with base_lr;
+    lr_mult: a factor on the lr per parameter name (finetune.encoder_lr_mult)."""
     options = optimizer_options(cfg)
-    groups = param_groups(model, options.weight_decay, options.decay_norm_and_bias)
-    return options.builder(groups, lr=scaled_lr(cfg, batch_size), **options.kwargs)
+    lr = scaled_lr(cfg, batch_size)
+    groups = param_groups(model, options.weight_decay, options.decay_norm_and_bias, lr, lr_mult)
+    return options.builder(groups, lr=lr, **options.kwargs)
 
 
 def penalty(model: nn.Module, cfg: dict[str, Any]) -> Callable[[], torch.Tensor] | None:

@@ -21,7 +21,7 @@ def _evaluate(cfg: dict[str, Any], run_dir: Path) -> Any:
     options = {"dataset_cfg": dataset, "dataset_keys": explicit, "split": cfg["split"], "device": cfg["device"],
                "precision": cfg["precision"], "batch_size": cfg["batch_size"], "topk": cfg["topk"],
                "num_workers": cfg.get("num_workers", "auto"), "tta": cfg.get("tta", "none"),
-               "ensemble": cfg.get("ensemble", "averaging")}
+               "ensemble": cfg.get("ensemble", "averaging"), "features": cfg.get("features", False)}
     if cfg.get("sweep"):
         return run_sweep_eval(cfg["sweep"], run_dir, **options)
     return run_eval(cfg["checkpoint"], run_dir, **options)

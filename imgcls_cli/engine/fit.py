@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -45,6 +45,9 @@ class StepOptions:
     # Knowledge distillation: the teacher's logits of a batch, and the loss that mixes them in.
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
     distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # Domain-adversarial training: extend(x) appends target images to the batch; split(logits) gives back the
+    # source logits and the domain loss, added to the loss that is backpropagated (not to the reported loss).
+    domain: Any = None
 
 
 class NonFiniteLoss(Exception):
@@ -103,19 +106,24 @@ def train_one_epoch(
         if mix is not None:
             x, target = mix(x, y)
             y = target.argmax(1)
+        domain_loss = None
         with amp() if callable(amp) else amp:
-            logits = model(x)
+            if options.domain is not None:
+                logits, domain_loss = options.domain.split(model(options.domain.extend(x)))
+            else:
+                logits = model(x)
             loss = loss_fn(logits.float(), target)
         if options.teacher is not None and options.distill is not None:
             loss = options.distill(logits.float(), options.teacher(x), loss)
         if options.penalty is not None:  # in float32, outside autocast
             loss = loss + options.penalty()
-        finite = torch.isfinite(loss.detach())
+        total = loss if domain_loss is None else loss + domain_loss
+        finite = torch.isfinite(total.detach())
         if options.on_nan == "skip_batch" and not bool(finite):
             skipped += 1
             continue
         first_bad = torch.where(~finite & (first_bad < 0), steps + 1, first_bad)
-        scaled = loss / options.accumulate_steps
+        scaled = total / options.accumulate_steps
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         pending += 1
         n = len(y)

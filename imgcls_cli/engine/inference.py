@@ -19,6 +19,7 @@ from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolv
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS, create_model
+from imgcls_cli.models.heads import captured_embeddings, head_name
 from imgcls_cli.rundir import write_csv
 
 log = logging.getLogger("imgcls")
@@ -81,6 +82,18 @@ class Scored:
     id_column: str
     dataset: str
     images: np.ndarray | None = None  # uint8 (N, C, H, W) when the split is in memory: for misclassified.png
+    features: np.ndarray | None = None  # (N, D) float32 embeddings, with features=true
+
+
+@torch.inference_mode()
+def embeddings(model: nn.Module, num_classes: int, loader: Any, amp: Any) -> np.ndarray:
+    """The encoder's output for every image (the classifier head's input), float32 (N, D), in loader order."""
+    model.eval()
+    with captured_embeddings(model, head_name(model, num_classes)) as found:
+        for x, _ in loader:
+            with amp():
+                model(x)
+    return torch.cat([f.float().cpu() for f in found]).numpy() if found else np.zeros((0, 0), np.float32)
 
 
 @torch.inference_mode()
@@ -139,7 +152,7 @@ def checkpoint_paths(spec: Any) -> list[str]:
 
 def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any] | None, dataset_keys: list[str],
                      dev: torch.device, prec: str, batch_size: int | None, num_workers: Any, tta: str,
-                     precision: str = "auto",
+                     precision: str = "auto", features: bool = False,
                      run_dir: Path, like: Scored | None = None) -> Scored:
     """Probabilities of one checkpoint on a split. `like`: an ensemble's first member, whose classes, input and
     images this one must share."""
@@ -174,11 +187,12 @@ def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any]
     loader = make_loader(data.images, data.labels, size, inp["mean"], inp["std"], device=dev,
                          num_workers=resolve_workers(num_workers), channels_last=channels_last)
     probs, targets = predict_probs(model, loader, lambda: autocast(dev, prec), tta)
+    found = embeddings(model, len(ckpt["classes"]), loader, lambda: autocast(dev, prec)) if features else None
     if isinstance(loader, StreamLoader) and loader.skipped:  # files that stopped decoding since training
         write_skipped_files(run_dir, [*bundle.skipped, *sorted(loader.skipped.items())], log)
     return Scored(str(checkpoint), ckpt, probs.numpy(), targets.numpy(), read_ids(loader, data.ids),
                   bundle.id_column, f"{bundle.name} ({split}, {len(data)} images)",
-                  data.images.numpy() if data.in_memory else None)
+                  data.images.numpy() if data.in_memory else None, found)
 
 
 def combine(members: list[Scored], method: str) -> np.ndarray:
@@ -217,6 +231,7 @@ def run_eval(
     num_workers: Any = "auto",
     tta: str = "none",
     ensemble: str = "averaging",
+    features: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (or several, and their ensemble) on a split; write the reports into run_dir."""
     if split not in SPLITS:
@@ -225,17 +240,25 @@ def run_eval(
         raise UserError(f"ensemble must be averaging or voting, not '{ensemble}'.")
     if tta not in TTA_CHOICES:
         raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
+    if not isinstance(features, bool):
+        raise UserError(f"features must be true or false, not {features!r}.")
     run_dir = Path(run_dir)
     paths = checkpoint_paths(checkpoint)
+    if features and len(paths) > 1:
+        raise UserError(f"features=true writes one model's embeddings; checkpoint= names {len(paths)} files.")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     args = {"split": split, "dataset_cfg": dataset_cfg, "dataset_keys": dataset_keys or [], "dev": dev,
-            "prec": prec, "precision": precision, "batch_size": batch_size, "num_workers": num_workers, "tta": tta, "run_dir": run_dir}
+            "prec": prec, "precision": precision, "batch_size": batch_size, "num_workers": num_workers, "tta": tta, "run_dir": run_dir,
+            "features": features}
     first = score_checkpoint(paths[0], **args)
     if len(paths) == 1:
         metrics = _report(first, first.probs, run_dir, split, topk,
                           {"checkpoint": first.checkpoint, "epoch": first.ckpt.get("epoch"), "tta": tta})
         rows = [("checkpoint", first.checkpoint), ("dataset", first.dataset)]
+        if first.features is not None:
+            write_features(run_dir, first)
+            rows.append(("features.npy", f"{first.features.shape[0]} x {first.features.shape[1]}"))
         rows += [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "num_samples"]
         out.show(out.table("Evaluation", ["metric", "value"], rows))
         return metrics
@@ -253,6 +276,18 @@ def run_eval(
     out.show(out.table(f"Ensemble of {len(members)} on {first.dataset}", columns,
                        [[row.get(c) for c in columns] for row in table]))
     return metrics
+
+
+def write_features(run_dir: Path, scored: Scored) -> None:
+    """features.npy (N x D float32) and labels.npy (N int64), rows in predictions.csv's order."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, array in (("features.npy", scored.features), ("labels.npy", scored.targets.astype(np.int64))):
+        tmp = run_dir / f".{name}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        tmp.replace(run_dir / name)
+    log.info(f"features: {scored.features.shape[0]} x {scored.features.shape[1]} embeddings in "
+             f"{run_dir / 'features.npy'}, labels in labels.npy")
 
 
 def run_sweep_eval(sweep: str | Path, run_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:

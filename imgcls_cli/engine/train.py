@@ -16,12 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgcls_cli import console as out
-from imgcls_cli.checkpoint import save_checkpoint
+from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.distill import distill_options, distillation_loss, load_teacher
+from imgcls_cli.engine.domain import COLUMNS as DOMAIN_COLUMNS
+from imgcls_cli.engine.domain import DomainAdversary, cycle, domain_options, target_dataset_config
 from imgcls_cli.engine.ema import build_ema
+from imgcls_cli.engine.finetune import (EncoderFreezer, finetune_options, l2sp_penalty, load_init, log_init,
+                                        lr_multipliers)
 from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
                                       use_channels_last)
 from imgcls_cli.engine.fit import NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
@@ -38,6 +42,7 @@ from imgcls_cli.schedule import build_schedule, lr_scheduler
 
 log = logging.getLogger("imgcls")
 MIX_STREAM = 500_009  # offsets the MixUp/CutMix generator's seed from the loader's
+TARGET_STREAM = 700_001  # offsets the domain-adaptation target loader's seed from the source loader's
 
 
 def positive_int(cfg: dict[str, Any], key: str) -> int:
@@ -131,15 +136,17 @@ def log_class_counts(bundle: DatasetBundle) -> None:
     log.info("train images per class: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
 
 
-def adapt_input_size(run: "Run") -> None:
-    """Train at the model's own resolution when it has one, unless dataset.image_size was given."""
+def adapt_input_size(run: "Run", init: dict[str, Any] | None) -> None:
+    """Train at the size the init checkpoint was trained at, or at the model's own resolution when it has one,
+    unless dataset.image_size was given."""
     cfg = run.cfg
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    wanted = model_input_size(cfg["model"]["name"], model_kwargs)
+    wanted = int(init["input"]["size"]) if init else model_input_size(cfg["model"]["name"], model_kwargs)
     have = cfg["dataset"].get("image_size")
     if wanted is None or wanted == have or "dataset.image_size" in run.explicit_keys:
         return
-    log.info(f"model {cfg['model']['name']} asks for {wanted}x{wanted} inputs: dataset.image_size {have} -> "
+    asker = f"init={cfg['init']}" if init else f"model {cfg['model']['name']}"
+    log.info(f"{asker} asks for {wanted}x{wanted} inputs: dataset.image_size {have} -> "
              f"{wanted} (set dataset.image_size to choose)")
     cfg["dataset"]["image_size"] = int(wanted)
     from omegaconf import OmegaConf
@@ -147,16 +154,21 @@ def adapt_input_size(run: "Run") -> None:
     write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
 
 
-def model_normalization(cfg: dict[str, Any], bundle: DatasetBundle) -> None:
-    """Pretrained weights bring their own mean/std; a 1-channel dataset takes the mean over RGB."""
+def model_normalization(cfg: dict[str, Any], bundle: DatasetBundle, init: dict[str, Any] | None) -> None:
+    """Pretrained weights bring their own mean/std (init=PATH's, unless dataset.mean/std are set, or torchvision's);
+    a 1-channel dataset takes the mean over RGB."""
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    stats = model_norm(cfg["model"]["name"], model_kwargs)
+    if init is not None:
+        given = cfg["dataset"].get("mean") is not None
+        stats = None if given else (init["input"]["mean"], init["input"]["std"])
+    else:
+        stats = model_norm(cfg["model"]["name"], model_kwargs)
     if stats is None:
         return
     mean, std = ([float(sum(v) / len(v))] * bundle.channels if len(v) != bundle.channels else list(map(float, v))
                  for v in stats)
     bundle.mean, bundle.std = mean, std
-    log.info(f"normalization from the model's weights: mean {mean}, std {std}")
+    log.info(f"normalization from the {'init checkpoint' if init else 'model weights'}: mean {mean}, std {std}")
 
 
 def class_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, classes: list[str]) -> torch.Tensor | None:
@@ -258,6 +270,13 @@ class EarlyStopping:
         return bool(self.patience) and self.bad_epochs >= self.patience
 
 
+def sum_of(penalties: list[Callable[[], torch.Tensor]]) -> Callable[[], torch.Tensor] | None:
+    """One penalty term out of several (None when there are none)."""
+    if len(penalties) <= 1:
+        return penalties[0] if penalties else None
+    return lambda: torch.stack([p() for p in penalties]).sum()
+
+
 def compiled(model: nn.Module, setting: Any) -> nn.Module:
     """compile=true: torch.compile(model) for training and validation (the first steps pay the compilation)."""
     if setting in (None, False):
@@ -319,8 +338,6 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[s
     run.explicit_keys = set(explicit_keys or [])
     last = run.run_dir / "checkpoints" / "last.pt"
     if cfg.get("resume") and last.is_file():
-        from imgcls_cli.checkpoint import load_checkpoint
-
         run.resume_state = load_checkpoint(last)
         if "best" not in run.resume_state:
             raise UserError(f"{last} holds no training state to resume from (written by another version?).")
@@ -369,6 +386,12 @@ def _fit(run: Run) -> None:
     augment = build_augment(cfg["augment"])
     optimizer_options(cfg["optimizer"])
     distill_options(cfg.get("distill"))
+    tuning = finetune_options(cfg.get("finetune"))
+    adaptation = domain_options(cfg.get("domain"))
+    init = load_checkpoint(cfg["init"]) if cfg.get("init") else None
+    if tuning.needs_pretrained and init is None and not cfg["model"].get("weights"):
+        raise UserError("finetune.freeze=encoder and finetune.l2sp need pretrained weights to start from: "
+                        "init=PATH (an imgcls checkpoint) or model=tv model.weights=DEFAULT.")
     smoothing = as_float(cfg.get("label_smoothing", 0.0), "label_smoothing")
     if not 0.0 <= smoothing < 1.0:
         raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
@@ -385,15 +408,19 @@ def _fit(run: Run) -> None:
     run.write_summary()  # status "running" until the run ends, however it ends
     seed_everything(seed)
 
-    adapt_input_size(run)
+    adapt_input_size(run, init)
     bundle = load_dataset(cfg["dataset"], seed)
-    model_normalization(cfg, bundle)
+    model_normalization(cfg, bundle, init)
     log_class_counts(bundle)
     write_skipped_files(run_dir, bundle.skipped, log)
     if bundle.split_table:
         write_csv(run_dir / "splits.csv", ({bundle.id_column: i, "split": s} for i, s in bundle.split_table),
                   [bundle.id_column, "split"])
     model, model_name, model_kwargs = build_model(cfg, bundle)
+    if init is not None:
+        report = load_init(model, model_name, init, str(cfg["init"]), bundle.classes, bundle.channels)
+        log_init(report, model, bundle.classes)
+        run.summary["init"] = report.as_dict()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     chosen = auto_precision_for_model(precision, cfg["precision"], device, model)
@@ -418,9 +445,15 @@ def _fit(run: Run) -> None:
                  "(not in memory: dataset.in_memory, dataset.memory_budget_gb)")
     mixer = augment.mixer(bundle.num_classes)
     write_augment_preview(train_loader, mixer, bundle, run_dir / "plots" / "augment_preview.png")
-    optimizer = build_optimizer(model, cfg["optimizer"], batch_size)
+    optimizer = build_optimizer(model, cfg["optimizer"], batch_size, lr_multipliers(model, bundle.num_classes, tuning))
+    freezer = EncoderFreezer(model, bundle.num_classes) if tuning.freeze == "encoder" else None
     options = training_options(cfg["optimizer"])
     steps_per_epoch = -(-len(train_loader) // options.accumulate_steps)
+    adversary, target_eval = None, None
+    if adaptation is not None:
+        adversary, target_eval = domain_adversary(adaptation, cfg, bundle, model, augment, seed, epochs,
+                                                  len(train_loader), loader_args)
+        optimizer.add_param_group({"params": list(adversary.classifier.parameters()), "weight_decay": 0.0})
     scheduler = lr_scheduler(optimizer, lr_factor, steps_per_epoch)
     base_lr = optimizer.param_groups[0]["initial_lr"]
     plot_lr([base_lr * lr_factor(i / steps_per_epoch) for i in range(epochs * steps_per_epoch)], steps_per_epoch,
@@ -433,8 +466,10 @@ def _fit(run: Run) -> None:
     base = {"model": {"name": model_name, "kwargs": model_kwargs}, "classes": bundle.classes,
             "input": model_input(bundle), "config": cfg}
     has_val = len(bundle.splits["val"]) > 0
-    step_options = StepOptions(penalty=penalty(model, cfg["optimizer"]), grad_clip_norm=options.grad_clip_norm,
-                               accumulate_steps=options.accumulate_steps, on_nan=on_nan)
+    penalties = [p for p in (penalty(model, cfg["optimizer"]),
+                             l2sp_penalty(model, bundle.num_classes, tuning.l2sp) if tuning.l2sp else None) if p]
+    step_options = StepOptions(penalty=sum_of(penalties), grad_clip_norm=options.grad_clip_norm,
+                               accumulate_steps=options.accumulate_steps, on_nan=on_nan, domain=adversary)
     teacher_path, temperature, alpha = distill_options(cfg.get("distill"))
     if teacher_path:
         teacher = load_teacher(teacher_path, bundle.classes, model_input(bundle), device)
@@ -460,6 +495,8 @@ def _fit(run: Run) -> None:
         stopper.bad_epochs, best_ema = resumed["best"].get("bad_epochs", 0), resumed["best"].get("ema", -1.0)
         if ema is not None and resumed.get("ema"):
             ema.load_state_dict(resumed["ema"])
+        if adversary is not None and resumed.get("domain"):
+            adversary.load_state_dict(resumed["domain"])
         step, start_epoch, position = resumed["step"], resumed["epoch"] + 1, resumed.get("position")
         run.rows = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= resumed["epoch"]]
         run.summary.update(best_epoch=best_epoch or None, best_val_accuracy=best_acc if has_val and best_epoch
@@ -478,13 +515,20 @@ def _fit(run: Run) -> None:
                          "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
                          "best": {"score": best_acc, "epoch": best_epoch, "bad_epochs": stopper.bad_epochs,
                                   "ema": best_ema},
-                         "ema": ema.state_dict() if ema is not None else None, "position": at},
+                         "ema": ema.state_dict() if ema is not None else None, "position": at,
+                         "domain": adversary.state_dict() if adversary is not None else None},
                         run_dir / "checkpoints" / "last.pt")
 
     net = compiled(model, cfg.get("compile", False))  # trains and validates; `model` holds the weights it saves
     board = tensorboard_writer(cfg.get("tensorboard", False), run_dir, start_epoch)
     for epoch in range(start_epoch, epochs + 1):
         epoch_start = time.perf_counter()
+        if freezer is not None:
+            if tuning.frozen_at(epoch):
+                freezer.freeze()
+            elif freezer.hooks:
+                log.info(f"epoch {epoch}: the encoder trains from now on (finetune.unfreeze_epoch)")
+                freezer.unfreeze()
         train_loader.set_epoch(epoch)
         mix_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + MIX_STREAM)
         running = None
@@ -526,6 +570,10 @@ def _fit(run: Run) -> None:
                "val_loss": val_loss, "val_accuracy": val_acc,
                "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
                "images_per_second": round(result.images_per_second, 1)}
+        if adversary is not None:
+            row.update(adversary.epoch_metrics())
+            if target_eval is not None:
+                row["target_accuracy"] = validation(net, target_eval, amp)[1]
         if ema is not None and validate:
             row["ema_val_loss"], ema_acc = validation(ema.module, eval_loaders["val"], amp)
             row["ema_val_accuracy"] = ema_acc
@@ -535,7 +583,8 @@ def _fit(run: Run) -> None:
                                  "metrics": {"val_accuracy": ema_acc, "val_loss": row["ema_val_loss"]}},
                                 run_dir / "checkpoints" / "best_ema.pt")
         run.rows.append(row)
-        write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ())])
+        write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ()),
+                                                      *(DOMAIN_COLUMNS if adversary else ())])
         if board is not None:
             for key, value in row.items():
                 if key != "epoch" and value is not None:
@@ -554,12 +603,15 @@ def _fit(run: Run) -> None:
         save_last(epoch, None, state)
         val_text = f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if validate else ""
         val_text += f"  ema_val_acc {ema_acc:.4f}" if ema_acc is not None else ""
+        val_text += f"  target_acc {row['target_accuracy']:.4f}" if row.get("target_accuracy") is not None else ""
         log.info(f"epoch {epoch}/{epochs}  lr {lr:.3g}  train_loss {result.loss:.4f}  train_acc "
                  f"{result.accuracy:.4f}{val_text}  {row['epoch_seconds']:.1f}s  "
                  f"{result.images_per_second:.0f} img/s{'  *' if improved else ''}")
         best_row = next((r for r in run.rows if r["epoch"] == best_epoch), {})
         run.summary.update(best_epoch=best_epoch, best_val_accuracy=best_row.get("val_accuracy"),
                            epochs_completed=epoch)
+        if target_eval is not None:  # best.pt's accuracy on the target domain's test split
+            run.summary["target_accuracy"] = best_row.get("target_accuracy")
         if run.stop_signal:  # arrived during validation: the epoch is saved whole
             raise Interrupted(run.stop_signal, epoch, step)
         if validate and stopper.stop():
@@ -581,6 +633,35 @@ def _fit(run: Run) -> None:
         write_skipped_files(run_dir, sorted(found.items()), log)
     run.write_summary("completed")
     _results_table(run, model_name, bundle.name, test_metrics)
+
+
+def domain_adversary(options: Any, cfg: dict[str, Any], bundle: DatasetBundle, model: nn.Module, augment: Any,
+                     seed: int, epochs: int, batches_per_epoch: int,
+                     loader_args: dict[str, Any]) -> tuple[DomainAdversary, DeviceLoader | None]:
+    """domain.target's data: its train split's images (never its labels) feed the domain classifier; its test
+    split, when it has the source's classes, gives the target accuracy of each epoch."""
+    target = load_dataset(target_dataset_config(options, cfg["dataset"], bundle.channels, bundle.image_size), seed)
+    train = target.splits["train"]
+    batch_size = int(cfg["batch_size"])
+    if len(train) < batch_size:
+        raise UserError(f"domain.target={options.target} has {len(train)} training images, fewer than "
+                        f"batch_size={batch_size}.")
+    # The source's normalization: at test time the model sees target images normalized as in training.
+    batches = make_loader(train.images, train.labels, batch_size, bundle.mean, bundle.std, shuffle=True,
+                          drop_last=True, augment=augment, seed=seed + TARGET_STREAM, **loader_args)
+    test = target.splits["test"]
+    scored = sorted(target.classes) == sorted(bundle.classes) and len(test) > 0
+    target_eval = None
+    if scored:  # the same class names, maybe in another order: the target's labels as the source's indices
+        to_source = torch.tensor([bundle.classes.index(c) for c in target.classes])
+        target_eval = make_loader(test.images, to_source[test.labels], positive_int(cfg, "eval_batch_size"),
+                                  bundle.mean, bundle.std, **loader_args)
+    log.info(f"domain adaptation: target {target.name} ({len(train)} unlabelled training images"
+             f"{f', {len(test)} test images for the target accuracy' if scored else '; no target accuracy: its classes differ'}"
+             f"), lambda {options.strength}{' ramped' if options.ramp else ''}")
+    adversary = DomainAdversary(model, bundle.num_classes, cycle(batches, 1), options, epochs * batches_per_epoch,
+                                loader_args["device"])
+    return adversary, target_eval
 
 
 def evaluate_best(model: nn.Module, run_dir: Path, loader: DeviceLoader, bundle: DatasetBundle, amp: Any,
@@ -606,6 +687,8 @@ def _results_table(run: Run, model_name: str, dataset: str, test: dict[str, Any]
             ("best epoch", s["best_epoch"]), ("best val accuracy", s["best_val_accuracy"]),
             ("test accuracy", test.get("accuracy"))]
     rows += [(k.replace("_", " "), v) for k, v in test.items() if k.startswith("top") or k == "f1_macro"]
+    if s.get("target_accuracy") is not None:
+        rows.append(("target accuracy", s["target_accuracy"]))
     rows += [("wall seconds", s["wall_seconds"]), ("train images/s", s["train_images_per_second"]),
              ("device", f"{s['device']} ({s['precision']})")]
     out.show(out.table("Results", ["", "value"], rows))

@@ -1,0 +1,171 @@
+"""Domain-adversarial training (DANN, Ganin & Lempitsky 2015): features that a domain classifier cannot tell apart.
+
+Each step sees a labelled source batch and an equally large batch of target images whose labels are never used.
+A small domain classifier on the encoder's embeddings (the classifier head's input) learns to tell the domains
+apart; between them sits a gradient-reversal layer, identity forward and −λ times the gradient backward, so the
+one backward pass of L_task + L_domain trains the domain classifier to minimise L_domain while the encoder
+minimises L_task − λ·L_domain. λ ramps from 0 to domain.lambda as 2 / (1 + e^(−10p)) − 1 over training progress
+p in [0, 1], so that the task is learned before the features are pulled together.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from imgcls_cli.errors import UserError, as_float, as_int
+from imgcls_cli.models.heads import embedding, head_name
+from imgcls_cli.paths import CONF_DIR
+
+log = logging.getLogger("imgcls")
+COLUMNS = ("domain_lambda", "domain_loss", "domain_accuracy", "target_accuracy")
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.neg() * ctx.strength, None
+
+
+def reverse_gradient(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Identity in the forward pass; the gradient is multiplied by −strength on the way back."""
+    return _ReverseGradient.apply(x, strength)
+
+
+def ramp(progress: float) -> float:
+    """2 / (1 + e^(−10 p)) − 1: 0 at the start of training, about 0.987 at half-way, → 1 at the end."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+@dataclass(frozen=True)
+class DomainOptions:
+    target: str  # a dataset option (conf/dataset/<target>.yaml)
+    target_root: str | None
+    strength: float  # domain.lambda: the reversal's strength at the end of the ramp (or throughout)
+    ramp: bool
+    hidden: int  # the domain classifier's hidden width
+
+
+def domain_options(cfg: dict[str, Any] | None) -> DomainOptions | None:
+    """domain.* checked; None when domain.target is not set (no domain adaptation)."""
+    cfg = cfg or {}
+    target = cfg.get("target")
+    if not target:
+        return None
+    options = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+    if target not in options:
+        raise UserError(f"domain.target must be a dataset option ({', '.join(options)}), not '{target}'.")
+    strength = as_float(cfg.get("lambda", 1.0), "domain.lambda")
+    if not 0 <= strength < math.inf:
+        raise UserError(f"domain.lambda must be >= 0, not {strength}.")
+    ramp_setting = cfg.get("ramp", True)
+    if not isinstance(ramp_setting, bool):
+        raise UserError(f"domain.ramp must be true or false, not {ramp_setting!r}.")
+    return DomainOptions(str(target), cfg.get("target_root"), strength, ramp_setting,
+                         as_int(cfg.get("hidden", 256), "domain.hidden", minimum=1))
+
+
+def target_dataset_config(options: DomainOptions, source: dict[str, Any], channels: int,
+                          image_size: int) -> dict[str, Any]:
+    """The target dataset's config: its option's yaml over the keys every dataset takes (train.yaml's dataset
+    block), at the source's channels and size, with the source's sample limits and placement (so a quick run
+    stays quick)."""
+    base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"), resolve=False)["dataset"]
+    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / f"{options.target}.yaml"), resolve=True)
+    cfg = {**base, **own}
+    for key in ("max_train_samples", "max_eval_samples", "in_memory", "memory_budget_gb", "split_seed"):
+        if key in source:
+            cfg[key] = source[key]
+    cfg.update(channels=channels, image_size=image_size, class_weights=None, sampler=None)
+    if options.target_root:
+        cfg["file" if options.target == "csv" else "root"] = options.target_root
+    return cfg
+
+
+class DomainAdversary:
+    """The domain classifier and the target batches of one training run; plugged into the training step."""
+
+    def __init__(self, model: nn.Module, num_classes: int, target_batches: Iterator[torch.Tensor],
+                 options: DomainOptions, total_batches: int, device: torch.device) -> None:
+        head = model.get_submodule(head_name(model, num_classes))
+        width = head.in_features if isinstance(head, nn.Linear) else head.in_channels
+        hidden = options.hidden
+        self.classifier = nn.Sequential(  # as the domain discriminators of DANN's reference implementations
+            nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, 2),
+        ).to(device)
+        self.options, self.total, self.batches = options, max(1, total_batches), 0
+        self.target_batches = target_batches
+        self.latest: torch.Tensor | None = None
+        head.register_forward_hook(self._keep)
+        self._sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+
+    def _keep(self, _module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        self.latest = args[0]
+
+    @property
+    def strength(self) -> float:
+        """λ at this point of training."""
+        p = min(1.0, self.batches / self.total)
+        return self.options.strength * (ramp(p) if self.options.ramp else 1.0)
+
+    def extend(self, x: torch.Tensor) -> torch.Tensor:
+        """The source batch followed by as many target images (their labels stay unused)."""
+        target = next(self.target_batches)
+        if len(target) != len(x):
+            target = target[: len(x)]
+        return torch.cat([x, target])
+
+    def split(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the source images' logits, the domain loss) of a forward pass over extend()'s batch."""
+        assert self.latest is not None, "the model's head did not run"
+        n = len(logits) // 2
+        features = embedding(self.latest)
+        self.latest = None
+        domains = torch.cat([torch.zeros(n, dtype=torch.int64), torch.ones(len(logits) - n, dtype=torch.int64)])
+        domains = domains.to(logits.device)
+        out = self.classifier(reverse_gradient(features, self.strength)).float()
+        loss = F.cross_entropy(out, domains)
+        with torch.no_grad():
+            self._sums += torch.stack([loss.detach().double() * len(domains),
+                                       (out.argmax(1) == domains).sum().double(),
+                                       torch.tensor(float(len(domains)), device=out.device, dtype=torch.float64)])
+        self.batches += 1
+        return logits[:n], loss
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """The epoch's mean domain loss and domain-classifier accuracy (0.5: the domains look alike), and λ now."""
+        loss_sum, correct, count = self._sums.tolist()
+        self._sums.zero_()
+        count = max(count, 1.0)
+        return {"domain_lambda": round(self.strength, 6), "domain_loss": loss_sum / count,
+                "domain_accuracy": correct / count}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"classifier": self.classifier.state_dict(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.classifier.load_state_dict(state["classifier"])
+        self.batches = int(state["batches"])
+
+
+def cycle(loader: Any, first_epoch: int) -> Iterator[torch.Tensor]:
+    """The loader's images over and over, reshuffled each pass (labels dropped)."""
+    epoch = first_epoch
+    while True:
+        loader.set_epoch(epoch)
+        for x, _ in loader:
+            yield x
+        epoch += 1
