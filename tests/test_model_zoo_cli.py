@@ -15,7 +15,7 @@ from imgcls_cli.models import input_size
 from imgcls_cli.paths import CONF_DIR
 
 MODEL_OPTIONS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-QUICK = ["epochs=1", "batch_size=16", "dataset.max_train_samples=16", "dataset.max_eval_samples=10"]
+QUICK = ["epochs=1", "batch_size=8", "dataset.max_train_samples=8", "dataset.max_eval_samples=4"]
 DATASETS = {"digits": (32, 10), "fashion_mnist": (28, 10)}  # option: (image size, classes)
 
 
@@ -51,4 +51,4 @@ def test_every_model_trains_with_no_model_setting(zoo_sweeps, dataset):
         assert (kwargs["in_channels"], kwargs["num_classes"]) == (1, num_classes), option
         # The dataset's size, or the model's own resolution (EfficientNet's compound scaling) when it has one.
         assert ckpt["input"]["size"] == (input_size(ckpt["model"]["name"], kwargs) or size), option
-        assert len(read_csv(job / "eval" / "predictions.csv")) == 10
+        assert len(read_csv(job / "eval" / "predictions.csv")) == 4

@@ -5,6 +5,7 @@ or against torchvision's weights API with the state dict swapped for one of the 
 """
 from __future__ import annotations
 
+import logging
 import re
 import urllib.error
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_tv_weights_offline_and_not_cached_is_one_line_naming_the_file_and_folde
     assert not (folder / file_name).exists()
 
 
-def test_tv_weights_from_the_cache_keep_the_backbone_and_get_a_new_head(torch_home):
+def test_tv_weights_from_the_cache_keep_the_backbone_and_get_a_new_head(torch_home, caplog):
     entry = torchvision.models.MobileNet_V3_Small_Weights.DEFAULT
     torch.manual_seed(7)
     pretrained = torchvision.models.mobilenet_v3_small()
@@ -125,7 +126,10 @@ def test_tv_weights_from_the_cache_keep_the_backbone_and_get_a_new_head(torch_ho
     cached.parent.mkdir(parents=True)
     torch.save(pretrained.state_dict(), cached)
 
-    model = build_tv(arch="mobilenet_v3_small", weights="DEFAULT", in_channels=1, image_size=224)
+    with caplog.at_level(logging.INFO, logger="imgcls"):
+        model = build_tv(arch="mobilenet_v3_small", weights="DEFAULT", in_channels=1, image_size=224)
+    assert ("loaded 241 tensors; new (classifier head re-created for 10 classes): classifier.3.weight, "
+            "classifier.3.bias; adapted to 1 input channel(s): features.0.0.weight") in caplog.text
     state, reference = model.state_dict(), pretrained.state_dict()
     assert model.classifier[-1].out_features == 10
     assert torch.equal(state["classifier.0.weight"], reference["classifier.0.weight"])  # below the head

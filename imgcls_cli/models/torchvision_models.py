@@ -8,6 +8,7 @@ are the sums of the RGB ones, and pretrained weights bring their own input size 
 from __future__ import annotations
 
 import difflib
+import logging
 import pickle
 import re
 import sys
@@ -23,6 +24,9 @@ from torchvision.models import WeightsEnum
 
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS
+from imgcls_cli.models.heads import head_name, is_head
+
+log = logging.getLogger("imgcls")
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads")  # where torchvision's classifiers keep their head
 AUX_ARCHES = ("googlenet", "inception_v3")  # auxiliary heads: in training mode these return a tuple
@@ -191,8 +195,23 @@ def _build(*, num_classes: int, in_channels: int, image_size: int, arch: str, we
 @MODELS.register("tv")
 def tv(*, num_classes: int, in_channels: int = 3, image_size: int = 32, arch: str = "resnet18",
        weights: str | None = None, **kwargs: Any) -> nn.Module:
-    return _build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, arch=arch,
-                  weights=weights, fetch=True, **kwargs)
+    model = _build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, arch=arch,
+                   weights=weights, fetch=True, **kwargs)
+    if resolve_weights(arch, weights) is not None:
+        log_pretrained(model, arch, str(weights), num_classes, in_channels)
+    return model
+
+
+def log_pretrained(model: nn.Module, arch: str, weights: str, num_classes: int, in_channels: int) -> None:
+    """What came from the pretrained weights and what is new, as init=PATH reports it."""
+    head = head_name(model, num_classes)
+    new = [k for k in model.state_dict() if is_head(k, head)]
+    first = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    adapted = [f"{first}.weight"] if in_channels != 3 else []
+    loaded = len(model.state_dict()) - len(new) - len(adapted)
+    log.info(f"model.weights={weights} ({arch}): loaded {loaded} tensors; new (classifier head re-created for "
+             f"{num_classes} classes): {', '.join(new)}"
+             + (f"; adapted to {in_channels} input channel(s): {', '.join(adapted)}" if adapted else ""))
 
 
 def _for_checkpoint(*, num_classes: int, in_channels: int = 3, image_size: int = 32, arch: str = "resnet18",
