@@ -58,13 +58,18 @@ def _fmt(value: Any) -> Any:
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
-    import torchvision
 
     from imgcls_cli import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "imgcls": __version__}
+    try:
+        vision = version("torchvision")
+    except PackageNotFoundError:
+        vision = "not installed"
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": vision,
+            "imgcls": __version__}
 
 
 def git_commit() -> str | None:

@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 from imgcls_cli.data.mix import Mixer
 from imgcls_cli.errors import UserError, as_float, as_int
@@ -314,6 +313,13 @@ def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.33),
     return PixelOp(_probability("random_erasing", p), apply)
 
 
+def _tv_functional() -> Any:
+    """torchvision.transforms.v2.functional, imported on first use (torchvision costs ~1.5 s to import)."""
+    import torchvision.transforms.v2.functional as tv_functional
+
+    return tv_functional
+
+
 # --- RandAugment and TrivialAugmentWide: torchvision.transforms.v2's op lists and magnitude tables. ---
 
 Magnitudes = Callable[[int, int, int], torch.Tensor]  # (num_bins, height, width) -> one magnitude per bin
@@ -433,8 +439,8 @@ _AUTO_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Sharpness": _sharpness,
     "Posterize": _posterize,
     "Solarize": _solarize,
-    "AutoContrast": lambda x, m: TF.autocontrast(x),
-    "Equalize": lambda x, m: TF.equalize(x),
+    "AutoContrast": lambda x, m: _tv_functional().autocontrast(x),
+    "Equalize": lambda x, m: _tv_functional().equalize(x),
 }
 
 

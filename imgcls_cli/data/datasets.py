@@ -345,11 +345,26 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 @DATASETS.register("digits")
 def digits(*, image_size: int, channels: int, seed: int, **_: Any) -> Source:
     """scikit-learn's 1,797 real 8x8 handwritten digits (values 0-16), scaled to uint8."""
+    pixels, target = _digits_arrays()
+    images = np.clip(np.rint(pixels.reshape(-1, 8, 8) * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]
+    return Source(images, target.astype(np.int64), [str(c) for c in range(10)])
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' (1797, 64) pixels and labels, read from the file scikit-learn ships (importing scikit-learn
+    itself takes a second), or through load_digits when the file is not where it used to be."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1]
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    images = np.clip(np.rint(data.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]
-    return Source(images, data.target.astype(np.int64), [str(c) for c in data.target_names])
+    return data.data, data.target
 
 
 @DATASETS.register("synthetic")

@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from typing import TYPE_CHECKING
+
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import WeightsEnum
 
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS
 from imgcls_cli.models.heads import head_name, is_head
 
 log = logging.getLogger("imgcls")
+if TYPE_CHECKING:  # torchvision is imported where it is used: it costs ~1.5 s, and most runs never need it
+    from torchvision.models import WeightsEnum
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads")  # where torchvision's classifiers keep their head
 AUX_ARCHES = ("googlenet", "inception_v3")  # auxiliary heads: in training mode these return a tuple
@@ -38,6 +40,8 @@ DRY_RUN_BELOW = 64
 @lru_cache(maxsize=1)
 def arches() -> list[str]:
     """The names model.arch accepts: torchvision's classification models."""
+    import torchvision
+
     return torchvision.models.list_models(module=torchvision.models)
 
 
@@ -50,6 +54,8 @@ def resolve_weights(arch: str, weights: str | None) -> WeightsEnum | None:
                         "`imgcls list models` lists them.")
     if weights is None:
         return None
+    import torchvision
+
     enum = torchvision.models.get_model_weights(arch)
     name = str(weights).removeprefix(f"{enum.__name__}.")
     if name not in enum.__members__:
@@ -72,6 +78,8 @@ def _pretrained(arch: str, entry: WeightsEnum, kwargs: dict[str, Any], asked: st
     """torchvision's model with its weights, downloaded into the torch.hub cache on first use."""
     cached, setting = _cache_file(entry), f"model.weights={asked} of {arch}"
     try:
+        import torchvision
+
         return torchvision.models.get_model(arch, weights=entry, progress=sys.stderr.isatty(), **kwargs)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         if not cached.is_file():
@@ -139,6 +147,8 @@ def _get_model(arch: str, weights: str | None, entry: WeightsEnum | None, num_cl
                kwargs: dict[str, Any]) -> nn.Module:
     try:
         if entry is None:
+            import torchvision
+
             return torchvision.models.get_model(arch, num_classes=num_classes, **kwargs)
         return _pretrained(arch, entry, kwargs, asked=str(weights))
     except TypeError as exc:
