@@ -29,6 +29,7 @@ from imgcls_cli.engine.finetune import (EncoderFreezer, finetune_options, l2sp_p
 from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
                                       use_channels_last)
 from imgcls_cli.engine.fit import NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
+from imgcls_cli.engine.inference import TTA_CHOICES, predict_probs
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
@@ -396,6 +397,9 @@ def _fit(run: Run) -> None:
     if not 0.0 <= smoothing < 1.0:
         raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
     topk = as_int(cfg.get("topk", 5), "topk", minimum=1)
+    tta = cfg.get("tta", "none")
+    if tta not in TTA_CHOICES:
+        raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
     on_nan = cfg.get("on_nan", "stop")
     if on_nan not in ("stop", "skip_batch"):
         raise UserError(f"on_nan must be stop or skip_batch, not '{on_nan}'.")
@@ -625,7 +629,7 @@ def _fit(run: Run) -> None:
     speeds = [r["images_per_second"] for r in run.rows[1:]] or [run.rows[-1]["images_per_second"]]
     run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
 
-    test_metrics = evaluate_best(model, run_dir, eval_loaders["test"], bundle, amp, topk)
+    test_metrics = evaluate_best(model, run_dir, eval_loaders["test"], bundle, amp, topk, tta)
     run.summary["test_accuracy"] = test_metrics.get("accuracy")
     streamed = [ld for ld in (train_loader, *eval_loaders.values()) if isinstance(ld, StreamLoader)]
     if streamed:  # bad files found while streaming
@@ -665,19 +669,21 @@ def domain_adversary(options: Any, cfg: dict[str, Any], bundle: DatasetBundle, m
 
 
 def evaluate_best(model: nn.Module, run_dir: Path, loader: DeviceLoader, bundle: DatasetBundle, amp: Any,
-                  topk: int) -> dict[str, Any]:
-    """Load best.pt into the model and write the test split's reports into run_dir/eval."""
+                  topk: int, tta: str = "none") -> dict[str, Any]:
+    """Load best.pt into the model and write the test split's reports into run_dir/eval (with test-time
+    augmentation `tta`, as `imgcls eval tta=...`)."""
     if len(loader.labels) == 0:
         log.info("no test split (dataset.test_fraction=0): skipping the test evaluation")
         return {}
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(best["state_dict"])
-    logits, targets = predict_logits(model, loader, amp)
-    probs = torch.softmax(logits, 1).numpy()
+    probs_t, targets = predict_probs(model, loader, amp, tta)
+    probs = probs_t.numpy()
     test = bundle.splits["test"]
     return write_eval_reports(run_dir / "eval", probs, targets.numpy(), bundle.classes,
                               read_ids(loader, test.ids), bundle.id_column, topk,
-                              extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"]},
+                              extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"],
+                                     "tta": tta},
                               images=test.images.numpy() if test.in_memory else None)
 
 

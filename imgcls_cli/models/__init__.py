@@ -52,5 +52,5 @@ def normalization(name: str, kwargs: dict[str, Any]) -> tuple[list[float], list[
 
 # Importing the family modules registers their builders.
 from imgcls_cli.models import (  # noqa: E402,F401
-    alexnet, densenet, efficientnet, lenet, resnet, simple_cnn, torchvision_models, vgg,
+    alexnet, densenet, efficientnet, lenet, resnet, resnet9, simple_cnn, torchvision_models, vgg,
 )
