@@ -16,16 +16,20 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "va
                   "epoch_seconds", "images_per_second")
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write beside path, then os.replace: the file on disk is the old one or the new one, never half of one."""
+def write_text_atomic(path: str | Path, text: str | bytes) -> None:
+    """Write beside path, then os.replace: the file on disk is the old one or the new one, never half of one.
+    bytes are written as they are, text as UTF-8."""
     from imgcls_cli.errors import UserError
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
         if tmp.exists():

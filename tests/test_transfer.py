@@ -238,6 +238,8 @@ def test_eval_writes_features_and_labels(pretrained, tmp_path):
         "features": (["eval", f"checkpoint={pretrained}", "features=true", f"hydra.run.dir={tmp_path / 'ev'}"],
                      tmp_path),
         "ensemble": (["eval", f"checkpoint=[{pretrained},{pretrained}]", "features=true"], tmp_path),
+        "tta": (["eval", f"checkpoint={pretrained}", "features=true", "tta=hflip_shift",
+                 f"hydra.run.dir={tmp_path / 'tta'}"], tmp_path),
     })
     assert_ok(runs["features"])
     features, labels = np.load(tmp_path / "ev" / "features.npy"), np.load(tmp_path / "ev" / "labels.npy")
@@ -250,6 +252,8 @@ def test_eval_writes_features_and_labels(pretrained, tmp_path):
     nearest = np.argmin(((features[:, None] - centroids[None]) ** 2).sum(-1), 1)
     assert (np.unique(labels)[nearest] == labels).mean() > 0.6
     assert_user_error(runs["ensemble"], "features=true", "2 files")
+    assert_ok(runs["tta"])  # with test-time augmentation the embeddings are still those of the images themselves
+    assert np.array_equal(np.load(tmp_path / "tta" / "features.npy"), features)
 
 
 def _target_csv(folder, labels: list[int]) -> str:

@@ -110,7 +110,8 @@ class DomainAdversary:
         self.target_batches = target_batches
         self.latest: torch.Tensor | None = None
         head.register_forward_hook(self._keep)
-        self._sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+        self._sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, correct (summed on the device)
+        self._count = 0
 
     def _keep(self, _module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
         self.latest = args[0]
@@ -134,22 +135,22 @@ class DomainAdversary:
         n = len(logits) // 2
         features = embedding(self.latest)
         self.latest = None
-        domains = torch.cat([torch.zeros(n, dtype=torch.int64), torch.ones(len(logits) - n, dtype=torch.int64)])
-        domains = domains.to(logits.device)
+        domains = (torch.arange(len(logits), device=logits.device) >= n).long()  # 0: source, 1: target
         out = self.classifier(reverse_gradient(features, self.strength)).float()
         loss = F.cross_entropy(out, domains)
         with torch.no_grad():
-            self._sums += torch.stack([loss.detach().double() * len(domains),
-                                       (out.argmax(1) == domains).sum().double(),
-                                       torch.tensor(float(len(domains)), device=out.device, dtype=torch.float64)])
+            correct = (out.argmax(1) == domains).sum().double()
+            self._sums += torch.stack([loss.detach().double() * len(domains), correct])
+        self._count += len(domains)
         self.batches += 1
         return logits[:n], loss
 
     def epoch_metrics(self) -> dict[str, float]:
         """The epoch's mean domain loss and domain-classifier accuracy (0.5: the domains look alike), and λ now."""
-        loss_sum, correct, count = self._sums.tolist()
+        loss_sum, correct = self._sums.tolist()
+        count = max(self._count, 1)
         self._sums.zero_()
-        count = max(count, 1.0)
+        self._count = 0
         return {"domain_lambda": round(self.strength, 6), "domain_loss": loss_sum / count,
                 "domain_accuracy": correct / count}
 

@@ -1,6 +1,8 @@
 """Models from checkpoints, and `imgcls eval`: a checkpoint scored on a dataset split."""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import MODELS, create_model
 from imgcls_cli.models.heads import captured_embeddings, head_name
-from imgcls_cli.rundir import write_csv
+from imgcls_cli.rundir import write_csv, write_text_atomic
 
 log = logging.getLogger("imgcls")
 # Dataset keys that choose the splits: set on the eval command line, they win over the run's splits.csv.
@@ -66,7 +68,14 @@ def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | N
     return cfg
 
 
-TTA_CHOICES = ("none", "hflip", "hflip_shift")
+TTA_VIEWS = {"none": 1, "hflip": 2, "hflip_shift": 4}  # tta= -> the views of each image, the image itself first
+TTA_CHOICES = tuple(TTA_VIEWS)
+
+
+def check_tta(tta: str) -> str:
+    if tta not in TTA_VIEWS:
+        raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
+    return tta
 ENSEMBLES = ("averaging", "voting")
 
 
@@ -86,22 +95,10 @@ class Scored:
 
 
 @torch.inference_mode()
-def embeddings(model: nn.Module, num_classes: int, loader: Any, amp: Any) -> np.ndarray:
-    """The encoder's output for every image (the classifier head's input), float32 (N, D), in loader order."""
-    model.eval()
-    with captured_embeddings(model, head_name(model, num_classes)) as found:
-        for x, _ in loader:
-            with amp():
-                model(x)
-    return torch.cat([f.float().cpu() for f in found]).numpy() if found else np.zeros((0, 0), np.float32)
-
-
-@torch.inference_mode()
 def predict_probs(model: nn.Module, loader: Any, amp: Any, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities (and targets) on the CPU; with test-time augmentation, the mean over the views:
     hflip: the image and its mirror; hflip_shift: those and the image shifted by 1/16 of its size both ways."""
-    if tta not in TTA_CHOICES:
-        raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
+    check_tta(tta)
     model.eval()
     probs, targets = [], []
     for x, y in loader:
@@ -186,8 +183,12 @@ def score_checkpoint(checkpoint: str, *, split: str, dataset_cfg: dict[str, Any]
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(data.images, data.labels, size, inp["mean"], inp["std"], device=dev,
                          num_workers=resolve_workers(num_workers), channels_last=channels_last)
-    probs, targets = predict_probs(model, loader, lambda: autocast(dev, prec), tta)
-    found = embeddings(model, len(ckpt["classes"]), loader, lambda: autocast(dev, prec)) if features else None
+    with (captured_embeddings(model, head_name(model, len(ckpt["classes"]))) if features
+          else contextlib.nullcontext()) as captured:
+        probs, targets = predict_probs(model, loader, lambda: autocast(dev, prec), tta)
+    found = None
+    if captured is not None:  # the embeddings of each batch's first view, the images themselves
+        found = torch.cat([f.float().cpu() for f in captured[::TTA_VIEWS[tta]]]).numpy()
     if isinstance(loader, StreamLoader) and loader.skipped:  # files that stopped decoding since training
         write_skipped_files(run_dir, [*bundle.skipped, *sorted(loader.skipped.items())], log)
     return Scored(str(checkpoint), ckpt, probs.numpy(), targets.numpy(), read_ids(loader, data.ids),
@@ -238,8 +239,7 @@ def run_eval(
         raise UserError(f"split must be one of {', '.join(SPLITS)}, not '{split}'.")
     if ensemble not in ENSEMBLES:
         raise UserError(f"ensemble must be averaging or voting, not '{ensemble}'.")
-    if tta not in TTA_CHOICES:
-        raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
+    check_tta(tta)
     if not isinstance(features, bool):
         raise UserError(f"features must be true or false, not {features!r}.")
     run_dir = Path(run_dir)
@@ -280,12 +280,10 @@ def run_eval(
 
 def write_features(run_dir: Path, scored: Scored) -> None:
     """features.npy (N x D float32) and labels.npy (N int64), rows in predictions.csv's order."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     for name, array in (("features.npy", scored.features), ("labels.npy", scored.targets.astype(np.int64))):
-        tmp = run_dir / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        tmp.replace(run_dir / name)
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        write_text_atomic(run_dir / name, buffer.getvalue())
     log.info(f"features: {scored.features.shape[0]} x {scored.features.shape[1]} embeddings in "
              f"{run_dir / 'features.npy'}, labels in labels.npy")
 

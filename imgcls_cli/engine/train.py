@@ -29,7 +29,7 @@ from imgcls_cli.engine.finetune import (EncoderFreezer, finetune_options, l2sp_p
 from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
                                       use_channels_last)
 from imgcls_cli.engine.fit import NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
-from imgcls_cli.engine.inference import TTA_CHOICES, predict_probs
+from imgcls_cli.engine.inference import check_tta, predict_probs
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
@@ -386,7 +386,7 @@ def _fit(run: Run) -> None:
     lr_factor = build_schedule(cfg["schedule"], epochs)
     augment = build_augment(cfg["augment"])
     optimizer_options(cfg["optimizer"])
-    distill_options(cfg.get("distill"))
+    teacher_path, temperature, alpha = distill_options(cfg.get("distill"))
     tuning = finetune_options(cfg.get("finetune"))
     adaptation = domain_options(cfg.get("domain"))
     init = load_checkpoint(cfg["init"]) if cfg.get("init") else None
@@ -397,9 +397,7 @@ def _fit(run: Run) -> None:
     if not 0.0 <= smoothing < 1.0:
         raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
     topk = as_int(cfg.get("topk", 5), "topk", minimum=1)
-    tta = cfg.get("tta", "none")
-    if tta not in TTA_CHOICES:
-        raise UserError(f"tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'.")
+    tta = check_tta(cfg.get("tta", "none"))
     on_nan = cfg.get("on_nan", "stop")
     if on_nan not in ("stop", "skip_batch"):
         raise UserError(f"on_nan must be stop or skip_batch, not '{on_nan}'.")
@@ -474,7 +472,6 @@ def _fit(run: Run) -> None:
                              l2sp_penalty(model, bundle.num_classes, tuning.l2sp) if tuning.l2sp else None) if p]
     step_options = StepOptions(penalty=sum_of(penalties), grad_clip_norm=options.grad_clip_norm,
                                accumulate_steps=options.accumulate_steps, on_nan=on_nan, domain=adversary)
-    teacher_path, temperature, alpha = distill_options(cfg.get("distill"))
     if teacher_path:
         teacher = load_teacher(teacher_path, bundle.classes, model_input(bundle), device)
         log.info(f"distilling from {teacher_path}: T {temperature}, alpha {alpha}")
