@@ -5,7 +5,11 @@ import difflib
 import importlib
 import os
 import re
+import shlex
+import shutil
 import sys
+import tempfile
+import traceback
 from typing import Callable
 
 from imgcls_cli import __version__
@@ -31,6 +35,9 @@ examples:
   imgcls train --help                            # config groups, options and keys
 """
 original_argv: list[str] = []
+# Config options that Hydra's launcher and sweeper plugins bring (the `cluster` extra).
+PLUGIN_OPTIONS = {"hydra/launcher/joblib", "hydra/launcher/submitit_slurm", "hydra/launcher/submitit_local",
+                  "hydra/launcher/slurm", "hydra/sweeper/optuna"}
 
 
 def _usage() -> str:
@@ -38,13 +45,18 @@ def _usage() -> str:
 
 
 def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    from imgcls_cli.engine.distributed import quiet_rank
+
+    if not quiet_rank():  # in data-parallel training rank 0 reports for every rank
+        print(f"error: {message}", file=sys.stderr)
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     original_argv[:] = argv
+    # The command as typed, for summary.json: also in jobs a launcher runs in other processes (joblib, SLURM).
+    os.environ["IMGCLS_COMMAND"] = shlex.join(["imgcls", *argv])
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -68,15 +80,33 @@ def _run_hydra(command: str, rest: list[str]) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a corrupt input is reported once, by us
     app = importlib.import_module(f"imgcls_cli.commands.{command}").main
+    scratch = None
     if command == "train":
         from imgcls_cli.commands.resume import resume_args
+        from imgcls_cli.engine import distributed
 
         try:
             rest = resume_args(rest)
+            nproc = distributed.nproc_from(rest)
         except UserError as exc:
             return fail(str(exc))
+        sweep = "-m" in rest or "--multirun" in rest
+        if (nproc > 1 or distributed.is_worker()) and sweep:
+            return fail("data-parallel training runs one training run; it does not combine with -m (a sweep).")
+        if nproc > 1 and not distributed.is_worker() and not {"--help", "-h", "--cfg", "-c", "--info"} & set(rest):
+            return distributed.launch(nproc, ["train", *rest])
+        if distributed.quiet_rank():  # ranks > 0: nothing printed, nothing written but a scratch Hydra folder
+            scratch = tempfile.mkdtemp(prefix="imgcls-rank")
+            rest = [a for a in rest if not a.startswith("hydra.run.dir=")]
+            rest += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                     "hydra/hydra_logging=disabled"]
+            sys.stdout = open(os.devnull, "w")
     sys.argv = [f"imgcls-{command}", *rest]
-    status = _guard(app)
+    try:
+        status = _guard(app)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if status == 0 and command == "train":
         from imgcls_cli.commands.sweep import failed_jobs
 
@@ -101,6 +131,10 @@ def _guard(fn: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a launcher's or sweeper's own error: no "srun" here, no Optuna trial completed
+        if not any("hydra_plugins" in frame.filename for frame in traceback.extract_tb(exc.__traceback__)):
+            raise
+        return fail(_one_line(str(exc)))
     return result if isinstance(result, int) else 0
 
 
@@ -109,6 +143,9 @@ def _missing_config_message(exc: Exception) -> str:
     options = list(getattr(exc, "options", None) or [])
     match = re.search(r"Could not (?:find|load) '([^']+)'", str(exc))
     target = match.group(1) if match else missing
+    if target.lstrip("/") in PLUGIN_OPTIONS:
+        group, name = target.lstrip("/").rsplit("/", 1)
+        return f"{group} '{name}' comes with a Hydra plugin that is not installed: pip install 'imgcls[cluster]'."
     if "/" in target and options:
         group, name = target.rsplit("/", 1)
         close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)

@@ -20,7 +20,7 @@ OPTIMIZERS: Registry = Registry("optimizer")
 REFERENCE_BATCH_SIZE = 256  # optimizer.base_lr is the lr for this many images per optimizer step
 # Keys every optimizer takes, handled here or by the training loop; the other keys are the builder's own.
 SHARED_KEYS = ("lr", "base_lr", "weight_decay", "decay_norm_and_bias", "l1", "l2", "grad_clip_norm",
-             "accumulate_steps")
+             "accumulate_steps", "scale_lr_with_world_size")
 
 
 def _checked(value: object, key: str, ok: Callable[[float], bool], expected: str) -> float:
@@ -152,20 +152,23 @@ def _penalty_strengths(cfg: dict[str, Any]) -> tuple[float, float]:
     return _non_negative(cfg.get("l1", 0.0), "optimizer.l1"), _non_negative(cfg.get("l2", 0.0), "optimizer.l2")
 
 
-def scaled_lr(cfg: dict[str, Any], batch_size: int | None) -> float:
-    """The lr to train with: optimizer.lr, or, when optimizer.base_lr is set, base_lr x images per step / 256.
+def scaled_lr(cfg: dict[str, Any], batch_size: int | None, world_size: int = 1) -> float:
+    """The lr to train with: optimizer.lr, or, when optimizer.base_lr is set, base_lr x images per step / 256;
+    times world_size with optimizer.scale_lr_with_world_size=true (data-parallel processes, each batch_size).
 
     The linear scaling rule (Goyal et al. 2017, as timm applies it) keeps the step per image the same, so one
     base_lr serves every batch size; a given lr is then ignored. An optimizer step sees batch_size x
-    accumulate_steps images.
+    accumulate_steps images in each of the world_size processes.
     """
+    factor = world_size if _flag(cfg.get("scale_lr_with_world_size", False),
+                                 "optimizer.scale_lr_with_world_size") else 1
     if cfg.get("base_lr") is None:
-        return _positive(cfg.get("lr"), "optimizer.lr")
+        return _positive(cfg.get("lr"), "optimizer.lr") * factor
     base_lr = _positive(cfg["base_lr"], "optimizer.base_lr")
     if batch_size is None:
         raise ValueError("optimizer.base_lr scales with the batch size: pass batch_size to build_optimizer")
     images = as_int(batch_size, "batch_size", minimum=1) * training_options(cfg).accumulate_steps
-    return base_lr * images / REFERENCE_BATCH_SIZE
+    return base_lr * images / REFERENCE_BATCH_SIZE * factor
 
 
 def optimizer_options(cfg: dict[str, Any]) -> OptimizerOptions:
@@ -181,11 +184,12 @@ def optimizer_options(cfg: dict[str, Any]) -> OptimizerOptions:
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any], batch_size: int | None = None,
-                    lr_mult: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
-    """The optimizer over model's trainable parameters; batch_size (images per forward pass) matters with base_lr;
-    lr_mult: a factor on the lr per parameter name (finetune.encoder_lr_mult)."""
+                    lr_mult: Callable[[str], float] | None = None, world_size: int = 1) -> torch.optim.Optimizer:
+    """The optimizer over model's trainable parameters; batch_size (images per forward pass) matters with base_lr,
+    world_size with scale_lr_with_world_size; lr_mult: a factor on the lr per parameter name
+    (finetune.encoder_lr_mult)."""
     options = optimizer_options(cfg)
-    lr = scaled_lr(cfg, batch_size)
+    lr = scaled_lr(cfg, batch_size, world_size)
     groups = param_groups(model, options.weight_decay, options.decay_norm_and_bias, lr, lr_mult)
     return options.builder(groups, lr=lr, **options.kwargs)
 

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from imgcls_cli.engine.distributed import quiet_rank
 from imgcls_cli.errors import UserError
 from imgcls_cli.rundir import write_text_atomic
 
@@ -55,8 +56,10 @@ def run_command(cfg: DictConfig, body: Callable[[dict[str, Any], Path], Any],
         result = body(plain(cfg), run_dir)
     except UserError as exc:
         if not multirun:
-            # SystemExit passes Hydra's job runner untouched: one line, status 2, nothing else printed.
-            print(f"error: {exc}", file=sys.stderr)
+            # SystemExit passes Hydra's job runner untouched: one line, status 2, nothing else printed (by rank 0
+            # alone in data-parallel training: every rank meets the same mistake).
+            if not quiet_rank():
+                print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         _job_failed(hc, str(exc))
         result = None

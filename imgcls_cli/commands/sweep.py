@@ -83,5 +83,7 @@ class SweepSummary(Callback):
         table = [[r.get(c) for c in COLUMNS] for r in rows]
         if spread := mean_std_row(rows):
             table.append(spread)
-        out.show(out.table(f"Sweep: {len(rows)} jobs, {len(failed_jobs)} failed", COLUMNS, table))
+        # The terminal only: this process's log file is a job's (the last one's) or, when the jobs ran in
+        # worker processes (joblib, submitit), none, and Hydra's own logger would print the table a second time.
+        out.console().print(out.table(f"Sweep: {len(rows)} jobs, {len(failed_jobs)} failed", COLUMNS, table))
         print(f"Run directory: {sweep_dir}", flush=True)

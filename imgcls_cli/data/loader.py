@@ -37,8 +37,14 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
         sample_weights: torch.Tensor | None = None,
+        shard: tuple[int, int] = (0, 1),
+        pad_shards: bool = False,
     ) -> None:
         self.images, self.labels = images, labels
+        # Data-parallel training: this process takes every world-th sample of each epoch's order, from its rank on;
+        # pad_shards repeats the first samples so that every rank has as many (as DistributedSampler does).
+        self.rank, self.world = shard
+        self.pad_shards = pad_shards
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         # A last batch of one would break batch norm in training; drop a short remainder only when asked.
         self.drop_last = drop_last and len(labels) > batch_size
@@ -52,8 +58,15 @@ class DeviceLoader:
         # Weighted sampling with replacement (dataset.sampler=balanced): an epoch is as many draws as images.
         self.sample_weights = None if sample_weights is None else sample_weights.double().cpu()
 
-    def __len__(self) -> int:
+    def samples(self) -> int:
+        """How many samples this process takes in an epoch (all of them in a single process)."""
         n = len(self.labels)
+        if self.world == 1:
+            return n
+        return -(-n // self.world) if self.pad_shards else len(range(self.rank, n, self.world))
+
+    def __len__(self) -> int:
+        n = self.samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,9 +79,19 @@ class DeviceLoader:
             return torch.multinomial(self.sample_weights, n, replacement=True, generator=gen)
         return torch.randperm(n, generator=gen) if self.shuffle else None
 
+    def _shard(self, order: torch.Tensor | None) -> torch.Tensor | None:
+        """This rank's part of the epoch's order (the order itself in a single process)."""
+        if self.world == 1:
+            return order
+        n = len(self.labels)
+        order = torch.arange(n) if order is None else order
+        if self.pad_shards and n % self.world:
+            order = torch.cat([order, order.repeat(self.world)[:self.world - n % self.world]])
+        return order[self.rank::self.world]
+
     def _batches(self, order: torch.Tensor | None, start: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(batch index, uint8 images, labels) on the device, from batch `start` on."""
-        n = len(self.labels)
+        n = len(self.labels) if order is None else len(order)
         order = order.to(self.images.device) if order is not None else None
         for b in range(start, len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
@@ -89,7 +112,9 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = self._order(gen)
+        order = self._shard(self._order(gen))
+        if self.rank:  # the same order on every rank, then each rank's own augmentations
+            gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank)
         start, self._start = (self._start or (0, None)), None
         if start[1] is not None:
             gen.set_state(start[1])
@@ -157,8 +182,8 @@ class StreamLoader(DeviceLoader):
             prefetch_factor=4 if num_workers > 0 else None)
 
     def _batches(self, order: torch.Tensor | None, start: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        positions = order.numpy() if order is not None else np.arange(n)
+        positions = order.numpy() if order is not None else np.arange(len(self.labels))
+        n = len(positions)
         self.sampler.batches = [positions[b * self.batch_size:min((b + 1) * self.batch_size, n)]
                                 for b in range(start, len(self))]
         labels = self.labels.cpu()
@@ -182,8 +207,9 @@ def read_ids(loader: DeviceLoader, ids: list[str]) -> list[str]:
 
 def resolve_workers(setting: Any) -> int:
     """num_workers: auto (one per core but one for the training process, at most 8) or a whole number >= 0."""
-    if setting in (None, "auto"):
-        return max(1, min(8, (os.cpu_count() or 2) - 1))
+    if setting in (None, "auto"):  # the cores this process may use (a SLURM job's cpus_per_task, not the node's)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        return max(1, min(8, cores - 1))
     return as_int(setting, "num_workers", minimum=0)
 
 

@@ -20,6 +20,7 @@ from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
+from imgcls_cli.engine import distributed
 from imgcls_cli.engine.distill import distill_options, distillation_loss, load_teacher
 from imgcls_cli.engine.domain import COLUMNS as DOMAIN_COLUMNS
 from imgcls_cli.engine.domain import DomainAdversary, cycle, domain_options, target_dataset_config
@@ -28,7 +29,7 @@ from imgcls_cli.engine.finetune import (EncoderFreezer, finetune_options, l2sp_p
                                         lr_multipliers)
 from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
                                       use_channels_last)
-from imgcls_cli.engine.fit import NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
+from imgcls_cli.engine.fit import EpochResult, NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
 from imgcls_cli.engine.inference import check_tta, predict_probs
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
@@ -43,6 +44,8 @@ from imgcls_cli.schedule import build_schedule, lr_scheduler
 
 log = logging.getLogger("imgcls")
 MIX_STREAM = 500_009  # offsets the MixUp/CutMix generator's seed from the loader's
+RANK_STREAM = 900_007  # offsets each data-parallel rank's MixUp/CutMix generator from rank 0's
+STOP_CHECK = 10  # data-parallel ranks agree on a stop signal (SIGINT/SIGTERM) every this many optimizer steps
 TARGET_STREAM = 700_001  # offsets the domain-adaptation target loader's seed from the source loader's
 
 
@@ -84,6 +87,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 def _as_tuples(value: Any) -> Any:
     """random.getstate() is nested tuples; a checkpoint may give them back as lists."""
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class ResumeRefused(UserError):
+    """resume= names a run this one cannot continue: nothing of that run is changed."""
 
 
 class Interrupted(Exception):
@@ -137,7 +144,7 @@ def log_class_counts(bundle: DatasetBundle) -> None:
     log.info("train images per class: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
 
 
-def adapt_input_size(run: "Run", init: dict[str, Any] | None) -> None:
+def adapt_input_size(run: "Run", init: dict[str, Any] | None, write: bool = True) -> None:
     """Train at the size the init checkpoint was trained at, or at the model's own resolution when it has one,
     unless dataset.image_size was given."""
     cfg = run.cfg
@@ -150,6 +157,8 @@ def adapt_input_size(run: "Run", init: dict[str, Any] | None) -> None:
     log.info(f"{asker} asks for {wanted}x{wanted} inputs: dataset.image_size {have} -> "
              f"{wanted} (set dataset.image_size to choose)")
     cfg["dataset"]["image_size"] = int(wanted)
+    if not write:
+        return
     from omegaconf import OmegaConf
 
     write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
@@ -228,10 +237,37 @@ def write_augment_preview(loader: DeviceLoader, mixer: Any, bundle: DatasetBundl
 EMA_COLUMNS = ("ema_val_loss", "ema_val_accuracy")
 
 
-def validation(model: nn.Module, loader: DeviceLoader, amp: Any) -> tuple[float, float]:
-    """(loss, accuracy) of the model on the loader's split."""
+def validation(model: nn.Module, loader: DeviceLoader, amp: Any,
+               ctx: distributed.Dist | None = None) -> tuple[float, float]:
+    """(loss, accuracy) of the model on the loader's split (its shards summed over the ranks, with ctx)."""
     logits, targets = predict_logits(model, loader, amp)
-    return F.cross_entropy(logits, targets).item(), (logits.argmax(1) == targets).double().mean().item()
+    n = len(targets)
+    loss = F.cross_entropy(logits.double(), targets, reduction="sum").item() if n else 0.0
+    correct = (logits.argmax(1) == targets).sum().item() if n else 0
+    if ctx is not None:
+        loss, correct, n = ctx.sum([loss, correct, n])
+    return loss / max(n, 1), correct / max(n, 1)
+
+
+def epoch_totals(result: EpochResult, ctx: distributed.Dist) -> EpochResult:
+    """An epoch's training loss and accuracy over every rank's images; the slowest rank's seconds."""
+    if not ctx.enabled:
+        return result
+    loss, correct, images = ctx.sum([result.loss * result.images, result.accuracy * result.images, result.images])
+    return EpochResult(loss / max(images, 1), correct / max(images, 1), int(images), ctx.max([result.seconds])[0],
+                       int(ctx.sum([result.skipped])[0]))
+
+
+def check_distributed(ctx: distributed.Dist, cfg: dict[str, Any], tuning: Any, adaptation: Any) -> None:
+    """What data-parallel training does not combine with, refused in one line."""
+    if not ctx.enabled:
+        return
+    refused = {"domain.target": adaptation is not None, "on_nan=skip_batch": cfg.get("on_nan") == "skip_batch",
+               "finetune.unfreeze_epoch": tuning.freeze == "encoder" and tuning.unfreeze_epoch is not None}
+    for what, found in refused.items():
+        if found:
+            raise UserError(f"{what} is not supported in data-parallel training ({ctx.world_size} processes): "
+                            "train it in one process.")
 
 
 class EarlyStopping:
@@ -312,6 +348,8 @@ class Run:
         self.explicit_keys: set[str] = set()
         self.resume_state: dict[str, Any] | None = None  # last.pt of the run being continued
         self.stop_signal = 0  # SIGINT or SIGTERM once one arrived
+        self.ctx = distributed.Dist()  # the data-parallel job this run is part of (a single process by default)
+        self.main = not distributed.quiet_rank()  # rank 0 alone writes the run directory
         self.summary: dict[str, Any] = {"status": "running", "best_epoch": None, "best_val_accuracy": None,
                                         "test_accuracy": None, "seed": cfg.get("seed"), "command": command_line()}
 
@@ -320,6 +358,8 @@ class Run:
             self.summary["status"] = status
         self.summary.update(extra)
         self.summary["wall_seconds"] = round(time.perf_counter() - self.started, 3)
+        if not self.main:
+            return self.summary
         try:
             write_json(self.run_dir / "summary.json", self.summary)
         except UserError as exc:
@@ -337,11 +377,6 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[s
     """
     run = Run(cfg, Path(run_dir))
     run.explicit_keys = set(explicit_keys or [])
-    last = run.run_dir / "checkpoints" / "last.pt"
-    if cfg.get("resume") and last.is_file():
-        run.resume_state = load_checkpoint(last)
-        if "best" not in run.resume_state:
-            raise UserError(f"{last} holds no training state to resume from (written by another version?).")
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -358,14 +393,17 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[s
         _fit(run)
     except Interrupted as exc:
         run.write_summary("interrupted", error=str(exc))
-        print(f"interrupted: {exc}; last.pt is saved. Continue with: imgcls train resume={run.run_dir}",
-              file=sys.stderr)
+        if run.main:
+            print(f"interrupted: {exc}; last.pt is saved. Continue with: imgcls train resume={run.run_dir}",
+                  file=sys.stderr)
         raise SystemExit(128 + exc.signum) from None
     except KeyboardInterrupt:
         run.write_summary("interrupted")
         raise
     except DivergedError as exc:
         run.write_summary("diverged", error=str(exc))
+        raise
+    except ResumeRefused:  # the run to continue is left as it was
         raise
     except BaseException as exc:
         run.write_summary("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -374,7 +412,24 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[s
         if threading.current_thread() is threading.main_thread():
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        run.ctx.close()
     return run.summary
+
+
+def load_resume_state(run: Run) -> None:
+    """resume=...: last.pt of the run being continued, which must have trained in as many processes."""
+    last = run.run_dir / "checkpoints" / "last.pt"
+    if not (run.cfg.get("resume") and last.is_file()):
+        return
+    state = load_checkpoint(last)
+    if "best" not in state:
+        raise ResumeRefused(f"{last} holds no training state to resume from (written by another version?).")
+    saved = int((state.get("distributed") or {}).get("world_size", 1))
+    if saved != run.ctx.world_size:
+        raise ResumeRefused(f"resume: {run.run_dir} trained in {saved} process(es) and continues only in {saved} "
+                        f"(distributed.nproc={saved}, or torchrun --nproc_per_node), not {run.ctx.world_size}: "
+                        "the data order and the images per step depend on it.")
+    run.resume_state = state
 
 
 def _fit(run: Run) -> None:
@@ -401,21 +456,34 @@ def _fit(run: Run) -> None:
     on_nan = cfg.get("on_nan", "stop")
     if on_nan not in ("stop", "skip_batch"):
         raise UserError(f"on_nan must be stop or skip_batch, not '{on_nan}'.")
+    dist_options = distributed.options(cfg.get("distributed"))
     device = resolve_device(cfg["device"])
+    ctx, device = distributed.start(cfg.get("distributed"), device)
+    run.ctx = ctx
+    if ctx.enabled:  # every rank reads (resume) and rank 0 writes the run directory rank 0's Hydra made
+        run.run_dir = run_dir = Path(ctx.broadcast(str(run_dir)))
+        check_distributed(ctx, cfg, tuning, adaptation)
+        log.info(f"data-parallel training: {ctx.world_size} processes ({ctx.backend}), {batch_size} images per "
+                 f"process a step, {batch_size * ctx.world_size} in all")
+    load_resume_state(run)
     precision = resolve_precision(cfg["precision"], device)
     channels_last = use_channels_last(cfg.get("channels_last", "auto"), device)
     num_workers = resolve_workers(cfg.get("num_workers", "auto"))
     run.summary.update(device=str(device), precision=precision, channels_last=channels_last,
                        versions=versions(), git_commit=git_commit())
+    if ctx.enabled:
+        run.summary["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend,
+                                      "batch_size_per_process": batch_size}
     run.write_summary()  # status "running" until the run ends, however it ends
     seed_everything(seed)
 
-    adapt_input_size(run, init)
+    adapt_input_size(run, init, write=run.main)
     bundle = load_dataset(cfg["dataset"], seed)
     model_normalization(cfg, bundle, init)
     log_class_counts(bundle)
-    write_skipped_files(run_dir, bundle.skipped, log)
-    if bundle.split_table:
+    if run.main:
+        write_skipped_files(run_dir, bundle.skipped, log)
+    if bundle.split_table and run.main:
         write_csv(run_dir / "splits.csv", ({bundle.id_column: i, "split": s} for i, s in bundle.split_table),
                   [bundle.id_column, "split"])
     model, model_name, model_kwargs = build_model(cfg, bundle)
@@ -424,7 +492,7 @@ def _fit(run: Run) -> None:
         log_init(report, model, bundle.classes)
         run.summary["init"] = report.as_dict()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
+    model = distributed.prepare(model.to(device=device, memory_format=memory_format), ctx, dist_options.sync_bn)
     chosen = auto_precision_for_model(precision, cfg["precision"], device, model)
     if chosen != precision:
         log.info(f"precision=auto: {chosen}, not {precision}: this model's depthwise convolutions are faster in "
@@ -436,18 +504,22 @@ def _fit(run: Run) -> None:
 
     train_labels = bundle.splits["train"].labels
     loader_args = {"device": device, "num_workers": num_workers, "channels_last": channels_last}
+    shard = (ctx.rank, ctx.world_size)  # each rank its part of every epoch (validation too); rank 0 tests alone
     train_loader = make_loader(bundle.splits["train"].images, train_labels, batch_size, bundle.mean, bundle.std,
                                shuffle=True, drop_last=True, augment=augment, seed=seed,
                                sample_weights=sampler_weights(cfg["dataset"], train_labels, bundle.num_classes),
-                               **loader_args)
+                               shard=shard, pad_shards=True, **loader_args)
     eval_loaders = {s: make_loader(bundle.splits[s].images, bundle.splits[s].labels, eval_batch_size, bundle.mean,
-                                   bundle.std, **loader_args) for s in ("val", "test")}
+                                   bundle.std, shard=shard if s == "val" else (0, 1), **loader_args)
+                    for s in ("val", "test")}
     if not bundle.splits["train"].in_memory:
         log.info(f"images stream from {type(train_loader.store).__name__} with {num_workers} worker(s) "
                  "(not in memory: dataset.in_memory, dataset.memory_budget_gb)")
     mixer = augment.mixer(bundle.num_classes)
-    write_augment_preview(train_loader, mixer, bundle, run_dir / "plots" / "augment_preview.png")
-    optimizer = build_optimizer(model, cfg["optimizer"], batch_size, lr_multipliers(model, bundle.num_classes, tuning))
+    if run.main:
+        write_augment_preview(train_loader, mixer, bundle, run_dir / "plots" / "augment_preview.png")
+    optimizer = build_optimizer(model, cfg["optimizer"], batch_size, lr_multipliers(model, bundle.num_classes, tuning),
+                                ctx.world_size)
     freezer = EncoderFreezer(model, bundle.num_classes) if tuning.freeze == "encoder" else None
     options = training_options(cfg["optimizer"])
     steps_per_epoch = -(-len(train_loader) // options.accumulate_steps)
@@ -458,8 +530,9 @@ def _fit(run: Run) -> None:
         optimizer.add_param_group({"params": list(adversary.classifier.parameters()), "weight_decay": 0.0})
     scheduler = lr_scheduler(optimizer, lr_factor, steps_per_epoch)
     base_lr = optimizer.param_groups[0]["initial_lr"]
-    plot_lr([base_lr * lr_factor(i / steps_per_epoch) for i in range(epochs * steps_per_epoch)], steps_per_epoch,
-            run_dir / "plots" / "lr.png")
+    if run.main:
+        plot_lr([base_lr * lr_factor(i / steps_per_epoch) for i in range(epochs * steps_per_epoch)], steps_per_epoch,
+                run_dir / "plots" / "lr.png")
     weights = class_weights(cfg["dataset"], train_labels, bundle.classes)
     loss_fn = build_loss(None if weights is None else weights.to(device), smoothing)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -498,19 +571,24 @@ def _fit(run: Run) -> None:
             ema.load_state_dict(resumed["ema"])
         if adversary is not None and resumed.get("domain"):
             adversary.load_state_dict(resumed["domain"])
-        step, start_epoch, position = resumed["step"], resumed["epoch"] + 1, resumed.get("position")
+        mine = resumed["ranks"][ctx.rank] if resumed.get("ranks") else resumed  # each rank's own data position
+        step, start_epoch, position = resumed["step"], resumed["epoch"] + 1, mine.get("position")
         run.rows = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= resumed["epoch"]]
         run.summary.update(best_epoch=best_epoch or None, best_val_accuracy=best_acc if has_val and best_epoch
                            else None, epochs_completed=resumed["epoch"])
         where = f"epoch {start_epoch}, batch {position['batch']}" if position else f"epoch {start_epoch}"
         log.info(f"resuming {run_dir} at {where} (step {step})")
-        restore_rng(resumed["rng"])
+        restore_rng(mine["rng"])
 
     def cpu_state() -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def save_last(epoch_done: int, at: dict[str, Any] | None, state: dict[str, torch.Tensor] | None = None) -> None:
+        ranks = ctx.gather({"rng": rng_state(), "position": at}) if ctx.enabled else None  # every rank calls it
+        if not run.main:
+            return
         save_checkpoint({**base, "state_dict": state or cpu_state(), "epoch": epoch_done, "step": step,
+                         "distributed": {"world_size": ctx.world_size}, "ranks": ranks,
                          "metrics": {k: v for k, v in run.rows[-1].items() if k != "epoch"} if run.rows else {},
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
@@ -520,8 +598,15 @@ def _fit(run: Run) -> None:
                          "domain": adversary.state_dict() if adversary is not None else None},
                         run_dir / "checkpoints" / "last.pt")
 
-    net = compiled(model, cfg.get("compile", False))  # trains and validates; `model` holds the weights it saves
-    board = tensorboard_writer(cfg.get("tensorboard", False), run_dir, start_epoch)
+    if freezer is not None and ctx.enabled and tuning.frozen_at(start_epoch):
+        freezer.freeze()  # before DistributedDataParallel takes note of the parameters that get gradients
+    # net trains and validates; `model` holds the weights it saves. Several processes: DistributedDataParallel
+    # trains, and each rank validates its shard with the model itself (DDP's forward would want every rank).
+    net = compiled(ctx.wrap(model, device), cfg.get("compile", False))
+    eval_net = model if ctx.enabled else net
+    if ctx.rank and resumed is None:  # each rank its own dropout masks (a resumed rank restored its own RNG)
+        torch.manual_seed(seed * 1_000_003 + ctx.rank)
+    board = tensorboard_writer(cfg.get("tensorboard", False), run_dir, start_epoch) if run.main else None
     for epoch in range(start_epoch, epochs + 1):
         epoch_start = time.perf_counter()
         if freezer is not None:
@@ -531,7 +616,7 @@ def _fit(run: Run) -> None:
                 log.info(f"epoch {epoch}: the encoder trains from now on (finetune.unfreeze_epoch)")
                 freezer.unfreeze()
         train_loader.set_epoch(epoch)
-        mix_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + MIX_STREAM)
+        mix_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + MIX_STREAM + ctx.rank * RANK_STREAM)
         running = None
         if position is not None:  # the rest of an epoch that a resumed run had begun
             train_loader.start_at(position["batch"], position["gen"])
@@ -546,6 +631,8 @@ def _fit(run: Run) -> None:
             if ema is not None:
                 ema.update(model)
             stop = run.stop_signal
+            if ctx.enabled:  # the ranks stop together: they agree every STOP_CHECK steps
+                stop = int(ctx.max([stop])[0]) if step % STOP_CHECK == 0 else 0
             if stop or (every_n_steps and step % every_n_steps == 0):
                 save_last(epoch - 1, {"epoch": epoch, **train_loader.position(), "mix_gen": mix_gen.get_state(),
                                       "running": vars(sums()), "lr": lr})
@@ -553,20 +640,21 @@ def _fit(run: Run) -> None:
                 raise Interrupted(stop, epoch, step)
 
         try:
-            with out.EpochProgress(f"epoch {epoch}/{epochs}", len(train_loader.labels)) as bar:
+            with out.EpochProgress(f"epoch {epoch}/{epochs}", train_loader.samples()) as bar:
                 result = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, amp, scaler,
                                          bar.update, mix=mix, running=running, after_step=after_step,
                                          options=step_options, first_step=step)
         except NonFiniteLoss as exc:
             raise DivergedError(f"training diverged: {exc} (epoch {epoch}); the last good checkpoint is kept; "
                                 "lower optimizer.lr, or set on_nan=skip_batch to leave such batches out.") from None
+        result = epoch_totals(result, ctx)
         if result.skipped:
             log.warning(f"epoch {epoch}: {result.skipped} batch(es) with a NaN or infinite loss left out "
                         "(on_nan=skip_batch)")
         validate = has_val and (epoch % val_every == 0 or epoch == epochs)
         val_loss = val_acc = ema_acc = None
         if validate:
-            val_loss, val_acc = validation(net, eval_loaders["val"], amp)
+            val_loss, val_acc = validation(eval_net, eval_loaders["val"], amp, ctx)
         row = {"epoch": epoch, "lr": lr, "train_loss": result.loss, "train_accuracy": result.accuracy,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
@@ -574,18 +662,20 @@ def _fit(run: Run) -> None:
         if adversary is not None:
             row.update(adversary.epoch_metrics())
             if target_eval is not None:
-                row["target_accuracy"] = validation(net, target_eval, amp)[1]
+                row["target_accuracy"] = validation(eval_net, target_eval, amp)[1]
         if ema is not None and validate:
-            row["ema_val_loss"], ema_acc = validation(ema.module, eval_loaders["val"], amp)
+            row["ema_val_loss"], ema_acc = validation(ema.module, eval_loaders["val"], amp, ctx)
             row["ema_val_accuracy"] = ema_acc
-            if ema_acc > best_ema:  # the EMA weights' own best, a model checkpoint like best.pt
-                best_ema = ema_acc
+            ema_improved = ema_acc > best_ema  # the EMA weights' own best, a model checkpoint like best.pt
+            best_ema = max(best_ema, ema_acc)
+            if ema_improved and run.main:
                 save_checkpoint({**base, "state_dict": ema.state_dict()["state_dict"], "epoch": epoch, "step": step,
                                  "metrics": {"val_accuracy": ema_acc, "val_loss": row["ema_val_loss"]}},
                                 run_dir / "checkpoints" / "best_ema.pt")
         run.rows.append(row)
-        write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ()),
-                                                      *(DOMAIN_COLUMNS if adversary else ())])
+        if run.main:
+            write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ()),
+                                                          *(DOMAIN_COLUMNS if adversary else ())])
         if board is not None:
             for key, value in row.items():
                 if key != "epoch" and value is not None:
@@ -593,9 +683,10 @@ def _fit(run: Run) -> None:
             board.flush()
         score = stopper.score(row) if has_val else result.accuracy
         improved = score is not None and (best_epoch == 0 or stopper.better(score, best_acc))
-        state = cpu_state()  # one copy for best.pt and last.pt
+        state = cpu_state() if run.main else None  # one copy for best.pt and last.pt
         if improved:
             best_acc, best_epoch = score, epoch
+        if improved and run.main:
             save_checkpoint({**base, "state_dict": state, "epoch": epoch, "step": step,
                              "metrics": {k: v for k, v in row.items() if k != "epoch"}},
                             run_dir / "checkpoints" / "best.pt")
@@ -622,9 +713,11 @@ def _fit(run: Run) -> None:
             break
     if board is not None:
         board.close()
-    plot_curves(run.rows, run_dir / "plots" / "curves.png")
     speeds = [r["images_per_second"] for r in run.rows[1:]] or [run.rows[-1]["images_per_second"]]
     run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
+    if not run.main:  # rank 0 tests best.pt and reports
+        return
+    plot_curves(run.rows, run_dir / "plots" / "curves.png")
 
     test_metrics = evaluate_best(model, run_dir, eval_loaders["test"], bundle, amp, topk, tta)
     run.summary["test_accuracy"] = test_metrics.get("accuracy")
