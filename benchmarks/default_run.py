@@ -7,15 +7,11 @@ Prints a markdown table: seed, test accuracy, the command's wall seconds, traini
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from machine import cpu_name
+from machine import cpu_name, imgcls_train
 
 
 def machine() -> str:
@@ -32,12 +28,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            run_dir = Path(tmp) / f"seed{seed}"
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "imgcls_cli", "train", f"seed={seed}", *args.extra,
-                            f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
-            wall = time.perf_counter() - start
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary, wall = imgcls_train([f"seed={seed}", *args.extra], run_dir=Path(tmp) / f"seed{seed}")
             rows.append((seed, summary["test_accuracy"], wall, summary["train_images_per_second"]))
     print(f"`imgcls train {' '.join(args.extra)}` on {machine()}\n")
     print("| seed | test accuracy | wall seconds | train images/s |\n| --- | --- | --- | --- |")

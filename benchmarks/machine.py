@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 
@@ -25,3 +29,14 @@ def auto_settings():
     channels_last = use_channels_last("auto", device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return device, resolve_precision("auto", device), channels_last, fmt
+
+
+def imgcls_train(args: list[str], cwd: Path | None = None, run_dir: Path | None = None) -> tuple[dict | None, float]:
+    """Run `imgcls train ARGS` as a user does (output hidden; a failure raises): (its summary.json when run_dir
+    is given, the command's wall seconds)."""
+    start = time.perf_counter()
+    extra = [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
+    subprocess.run([sys.executable, "-m", "imgcls_cli", "train", *args, *extra], cwd=cwd, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - start
+    return (json.loads((run_dir / "summary.json").read_text()) if run_dir is not None else None), wall

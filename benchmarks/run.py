@@ -1,12 +1,13 @@
 """Every benchmark of the project in one run: medians of repeats, one JSON and one markdown file per machine.
 
-    python benchmarks/run.py [--quick] [--repeats 3] [--only NAME ...]
+    python benchmarks/run.py [--quick] [--repeats 3] [--only NAME ...] [--readme] [--render]
 
 Each benchmark script runs `--repeats` times (1 with --quick, which also makes each one small); the markdown
 table it prints is read back and every numeric cell becomes the median over the repeats. Ratios against a
 baseline are cells of a script's own table, so each is measured in the same run as its baseline, and the median
 of those ratios is reported. Writes benchmarks/results/<machine>.json (the medians and every repeat's table) and
-benchmarks/results/<machine>.md, and prints the markdown.
+benchmarks/results/<machine>.md, and prints the markdown; --readme also writes it into README.md's performance
+section; --only keeps the results already on file for the other benchmarks; --render runs nothing.
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "models": (["models.py", "--models", "simple_cnn", "lenet5", "resnet9", "resnet18", "densenet_bc_100"],
                ["models.py", "--models", "simple_cnn", "lenet5", "--steps", "1", "--formats", "fp32,channels_last"]),
     "cost growth": (["cost_growth.py"], ["cost_growth.py", "--sizes", "1000", "--pixels", "28,64", "--steps", "5"]),
+    "data-parallel": (["distributed.py"], ["distributed.py", "--seeds", "0", "--extra", "epochs=2"]),
 }
+README_START, README_END = "<!-- benchmarks/run.py: start -->", "<!-- benchmarks/run.py: end -->"
 NUMBER = re.compile(r"^\s*\**([-+]?\d[\d,]*\.?\d*)(x|×|%| s)?\**\s*$")
 
 
@@ -82,21 +85,38 @@ def run_script(args: list[str]) -> tuple[str, float]:
     return done.stdout, time.perf_counter() - start
 
 
+def section(name: str, result: dict) -> list[str]:
+    """One benchmark's markdown: its command, the line it printed above its table, the table of medians."""
+    if "error" in result:
+        return [f"## {name}", "", f"failed: {result['error']}", ""]
+    first = result["repeats"][0]["output"].strip()
+    context = first.splitlines()[0] if first else ""
+    header = result["header"]
+    return [f"## {name}", "", f"`python benchmarks/{' '.join(result['command'])}`: {context}", "",
+            "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |",
+            *("| " + " | ".join(row) + " |" for row in result["median"]), ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small versions, one repeat each")
     parser.add_argument("--repeats", type=int, help="repeats per benchmark (default 3, or 1 with --quick)")
-    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run these benchmarks only")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS),
+                        help="run these benchmarks only; the others' results already on file are kept")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--readme", action="store_true",
+                        help=f"also put the tables into README.md, between {README_START} and {README_END}")
+    parser.add_argument("--render", action="store_true", help="run nothing: write the .md (and README) from the .json")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     machine = cpu_name()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", machine).strip("-").lower() + ("-quick" if args.quick else "")
+    json_file = args.out / f"{slug}.json"
     results: dict[str, dict] = {}
-    report = [f"# Benchmarks on {machine}", "",
-              f"{datetime.date.today().isoformat()}, {'quick, ' if args.quick else ''}median of {repeats} "
-              f"repeat(s) per cell.", ""]
+    if (args.only or args.render) and json_file.is_file():
+        results = json.loads(json_file.read_text())["benchmarks"]
     for name, (full, quick) in BENCHMARKS.items():
-        if args.only and name not in args.only:
+        if args.render or (args.only and name not in args.only):
             continue
         command = quick if args.quick else full
         outputs, seconds = [], 0.0
@@ -107,26 +127,37 @@ def main() -> None:
                 seconds += took
         except RuntimeError as exc:
             results[name] = {"command": command, "error": str(exc)}
-            report += [f"## {name}", "", f"failed: {exc}", ""]
             print(f"{name}: {exc}", file=sys.stderr)
             continue
         tables = [markdown_table(text) for text in outputs]
-        header = tables[0][0]
-        rows = median_cells([rows for _, rows in tables])
-        results[name] = {"command": command, "header": header, "median": rows, "seconds": round(seconds, 1),
+        results[name] = {"command": command, "header": tables[0][0],
+                         "median": median_cells([rows for _, rows in tables]), "seconds": round(seconds, 1),
+                         "date": datetime.date.today().isoformat(), "repeats_run": repeats,
                          "repeats": [{"rows": rows_i, "output": text} for (_, rows_i), text in zip(tables, outputs)]}
-        context = outputs[0].strip().splitlines()[0] if outputs[0].strip() else ""
-        report += [f"## {name}", "", f"`python benchmarks/{' '.join(command)}`: {context}", "",
-                   "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |",
-                   *("| " + " | ".join(row) + " |" for row in rows), ""]
         print(f"{name}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
+    dates = sorted({r.get("date", datetime.date.today().isoformat()) for r in results.values()})
+    report = [f"# Benchmarks on {machine}", "",
+              f"{' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else ''}, {'quick, ' if args.quick else ''}"
+              f"median of {repeats} repeat(s) per cell.", ""]
+    for name in BENCHMARKS:
+        if name in results:
+            report += section(name, results[name])
     args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", machine).strip("-").lower() + ("-quick" if args.quick else "")
-    (args.out / f"{slug}.json").write_text(json.dumps({"machine": machine, "date": datetime.date.today().isoformat(),
-                                                        "quick": args.quick, "repeats": repeats,
-                                                        "benchmarks": results}, indent=2))
+    if not args.render:
+        json_file.write_text(json.dumps({"machine": machine, "date": datetime.date.today().isoformat(),
+                                         "quick": args.quick, "repeats": repeats, "benchmarks": results}, indent=2))
     (args.out / f"{slug}.md").write_text("\n".join(report))
+    if args.readme:
+        readme = HERE.parent / "README.md"
+        readme.write_text(with_tables(readme.read_text(), report))
     print("\n".join(report))
+
+
+def with_tables(readme: str, report: list[str]) -> str:
+    """README text whose part between the two markers is the report, its headings two levels down."""
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    body = [("##" + line if line.startswith("#") else line) for line in report]
+    return readme[:start] + "\n" + "\n".join(body).strip() + "\n" + readme[end:]
 
 
 if __name__ == "__main__":

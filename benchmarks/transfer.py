@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name, imgcls_train  # noqa: E402
 
 PRETRAIN = ["model=simple_cnn", "dataset=fashion_mnist", "dataset.max_train_samples=20000",
             "dataset.max_eval_samples=2000", "epochs=3"]
@@ -28,16 +26,9 @@ FEW_LABELS = ["model=simple_cnn", "dataset=digits", "dataset.max_train_samples=1
               "batch_size=32", "epochs=50"]
 
 
-def imgcls(args: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "imgcls_cli", "train", *args], cwd=cwd, check=True,
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
 def sweep(name: str, extra: list[str], seeds: str, workdir: Path) -> tuple[list[float], float]:
     folder = workdir / name
-    seconds = imgcls(["-m", *FEW_LABELS, *extra, f"seed={seeds}", f"hydra.sweep.dir={folder}"], workdir)
+    _, seconds = imgcls_train(["-m", *FEW_LABELS, *extra, f"seed={seeds}", f"hydra.sweep.dir={folder}"], workdir)
     with open(folder / "summary.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["job"].isdigit()]
     return [float(r["test_accuracy"]) for r in rows], seconds / len(rows)
@@ -50,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     pre_dir = args.workdir / "pretrain"
-    pre_seconds = imgcls([*PRETRAIN, f"hydra.run.dir={pre_dir}"], args.workdir)
+    _, pre_seconds = imgcls_train(PRETRAIN, args.workdir, run_dir=pre_dir)
     init = f"init={pre_dir / 'checkpoints' / 'best.pt'}"
     variants = {
         "from scratch": [],

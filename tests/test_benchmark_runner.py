@@ -35,5 +35,18 @@ def test_every_benchmark_the_runner_names_exists():
         assert (BENCHMARKS / full[0]).is_file() and (BENCHMARKS / quick[0]).is_file(), name
     scripts = {p.name for p in BENCHMARKS.glob("*.py")} - {"run.py", "machine.py"}
     covered = {full[0] for full, _ in runner.BENCHMARKS.values()}
-    # the measurements behind single README sections (CPU formats, transfer, domain adaptation) run on their own
-    assert scripts - covered <= {"cpu_formats.py", "transfer.py", "domain.py"}
+    # the measurements behind single README sections (CPU formats, transfer, domain adaptation, the GPU path) run
+    # on their own
+    assert scripts - covered <= {"cpu_formats.py", "transfer.py", "domain.py", "gpu.py"}
+
+
+def test_the_readme_gets_the_tables_between_its_markers_and_nothing_else_changes():
+    runner = load_runner()
+    readme = f"# imgcls\n\n## Results\n{runner.README_START}\nold table\n{runner.README_END}\n\nbelow\n"
+    report = ["# Benchmarks on CPU X", "", "2026-11-25, median of 3 repeat(s) per cell.", "", "## models", "",
+              "| a | b |", "| --- | --- |", "| 1 | 2 |"]
+    new = runner.with_tables(readme, report)
+    assert new.startswith(f"# imgcls\n\n## Results\n{runner.README_START}\n### Benchmarks on CPU X\n")
+    assert "#### models" in new and "| 1 | 2 |" in new and "old table" not in new
+    assert new.endswith(f"| 1 | 2 |\n{runner.README_END}\n\nbelow\n")
+    assert runner.with_tables(new, report) == new  # rendering again changes nothing
