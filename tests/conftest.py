@@ -22,6 +22,12 @@ from typing import Iterable, Sequence
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test processes side by side (pytest -n): the cores are shared out, for each one's CLI subprocesses too;
+    # more threads than cores would only make OpenMP's threads wait for each other. Set before torch loads.
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // _workers)))
+
 # A training run that takes ~1 s of compute on CPU yet learns (test accuracy ~0.8 with seed 0):
 # 600 synthetic 3x32x32 images, 5 classes -> 390 train / 90 val / 120 test.
 TINY_NUM_SAMPLES = 600
