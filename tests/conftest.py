@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,22 @@ def run_many(calls: dict[str, tuple[Sequence[str], Path]]) -> dict[str, Result]:
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = {name: pool.submit(run_cli, *args, cwd=cwd) for name, (args, cwd) in calls.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """Poll last.pt until it was written in the middle of an epoch (it holds a position)."""
+    import torch
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=True)
+            if ckpt.get("position"):
+                return ckpt
+        except (OSError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"no mid-epoch last.pt before the run ended (exit {proc.poll()})")
 
 
 def assert_ok(result: Result) -> None:

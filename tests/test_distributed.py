@@ -11,14 +11,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import assert_ok, assert_user_error, cli_env, files_under, read_csv, read_json, run_cli
+from conftest import (assert_ok, assert_user_error, cli_env, files_under, read_csv, read_json, run_cli,
+                      wait_for_mid_epoch_checkpoint)
 from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.engine.distributed import Dist, nproc_from, prepare
 from imgcls_cli.errors import UserError
@@ -102,14 +102,7 @@ def test_sigterm_mid_epoch_then_resume_in_two_processes_gives_bitwise_equal_weig
                              f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True).get("ranks"):
-                    break
-            except (OSError, RuntimeError, EOFError):
-                pass
-            time.sleep(0.01)
+        assert wait_for_mid_epoch_checkpoint(run_dir / "checkpoints" / "last.pt", proc).get("ranks")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=90)
     finally:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_ok, assert_user_error, cli_env, read_csv, read_json, run_cli
+from conftest import (assert_ok, assert_user_error, cli_env, read_csv, read_json, run_cli,
+                      wait_for_mid_epoch_checkpoint)
 
 SETTINGS = ["dataset.max_train_samples=600", "epochs=3", "augment=mixup", "checkpoint.every_n_steps=3", "ema.decay=0.9",
             "optimizer.accumulate_steps=2"]
@@ -20,20 +21,6 @@ SETTINGS = ["dataset.max_train_samples=600", "epochs=3", "augment=mixup", "check
 def start(cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "imgcls_cli", "train", *SETTINGS, *args], cwd=cwd,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-
-
-def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
-    """Poll last.pt until it was written in the middle of an epoch (it holds a position)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            ckpt = torch.load(last, map_location="cpu", weights_only=True)
-            if ckpt.get("position"):
-                return ckpt
-        except (OSError, RuntimeError, EOFError):
-            pass
-        time.sleep(0.01)
-    raise AssertionError(f"no mid-epoch last.pt before the run ended (exit {proc.poll()})")
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -205,11 +205,15 @@ def read_ids(loader: DeviceLoader, ids: list[str]) -> list[str]:
     return [i for p, i in enumerate(ids) if loader.store.name(p) not in loader.skipped]
 
 
+def usable_cores() -> int:
+    """The cores this process may use (a SLURM job's cpus_per_task, not the whole node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_workers(setting: Any) -> int:
     """num_workers: auto (one per core but one for the training process, at most 8) or a whole number >= 0."""
-    if setting in (None, "auto"):  # the cores this process may use (a SLURM job's cpus_per_task, not the node's)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-        return max(1, min(8, cores - 1))
+    if setting in (None, "auto"):
+        return max(1, min(8, usable_cores() - 1))
     return as_int(setting, "num_workers", minimum=0)
 
 

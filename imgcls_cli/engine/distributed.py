@@ -142,9 +142,8 @@ def options(cfg: dict[str, Any] | None) -> Options:
     return Options(backend, sync_bn)
 
 
-def start(cfg: dict[str, Any] | None, device: torch.device) -> tuple[Dist, torch.device]:
+def start(opts: Options, device: torch.device) -> tuple[Dist, torch.device]:
     """Join the job torchrun started (nothing to do in a single process); returns it and this rank's device."""
-    opts = options(cfg)
     rank, world, local = env_rank()
     if world == 1:
         return Dist(), device
@@ -196,8 +195,10 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from imgcls_cli.data.loader import usable_cores
+
     # CPU processes share the cores out; torchrun would set 1 thread each (and warn).
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)

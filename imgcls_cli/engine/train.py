@@ -253,9 +253,10 @@ def epoch_totals(result: EpochResult, ctx: distributed.Dist) -> EpochResult:
     """An epoch's training loss and accuracy over every rank's images; the slowest rank's seconds."""
     if not ctx.enabled:
         return result
-    loss, correct, images = ctx.sum([result.loss * result.images, result.accuracy * result.images, result.images])
+    loss, correct, images, skipped = ctx.sum([result.loss * result.images, result.accuracy * result.images,
+                                              result.images, result.skipped])
     return EpochResult(loss / max(images, 1), correct / max(images, 1), int(images), ctx.max([result.seconds])[0],
-                       int(ctx.sum([result.skipped])[0]))
+                       int(skipped))
 
 
 def check_distributed(ctx: distributed.Dist, cfg: dict[str, Any], tuning: Any, adaptation: Any) -> None:
@@ -458,7 +459,7 @@ def _fit(run: Run) -> None:
         raise UserError(f"on_nan must be stop or skip_batch, not '{on_nan}'.")
     dist_options = distributed.options(cfg.get("distributed"))
     device = resolve_device(cfg["device"])
-    ctx, device = distributed.start(cfg.get("distributed"), device)
+    ctx, device = distributed.start(dist_options, device)
     run.ctx = ctx
     if ctx.enabled:  # every rank reads (resume) and rank 0 writes the run directory rank 0's Hydra made
         run.run_dir = run_dir = Path(ctx.broadcast(str(run_dir)))
