@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,10 @@ SPLITS = ("train", "val", "test")
 RESIZE_CHUNK_BYTES = 256 * 2**20
 # Dataset keys the training loop reads (the loss and the sampler), not the dataset builders.
 TRAINING_KEYS = ("class_weights", "sampler")
+AUTO = "auto"
+# dataset.image_size: at most 2048 (a 3 x 2048 x 2048 image is 12.6 MB as uint8, 50 MB as a float tensor).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
+BUILD_SIZE, BUILD_CHANNELS = 32, 3  # what a generating builder (synthetic) makes for image_size/channels=auto
 
 
 @dataclass
@@ -115,7 +120,30 @@ def _split_indices(source: Source, val_fraction: float, test_fraction: float, se
     if val_fraction + test_fraction >= 1.0:
         raise UserError("dataset.val_fraction + dataset.test_fraction must leave some data to train on (sum < 1).")
     val, test, train = stratified_split(source.labels, [val_fraction, test_fraction], seed)
+    _check_carved(source.labels, {"val": (val_fraction, val), "test": (test_fraction, test)})
     return {"train": train, "val": val, "test": test}
+
+
+SPLIT_WORDS = {"val": "validation", "test": "test"}
+
+
+def _check_carved(labels: np.ndarray, carved: dict[str, tuple[float, np.ndarray]]) -> None:
+    """A split carved with a fraction > 0 that came out empty: the classes are too small for the fraction (it is
+    taken per class, rounded), which is the cause to give, not the fraction."""
+    for split, (fraction, part) in carved.items():
+        if fraction <= 0 or len(part):
+            continue
+        classes, counts = np.unique(labels, return_counts=True)
+        biggest = int(counts.max()) if len(counts) else 0
+        sizes = (f"{len(classes)} classes with {biggest} image(s) each" if counts.min() == biggest
+                 else f"{len(classes)} classes with at most {biggest} image(s) each")
+        need = math.ceil(100 / max(biggest, 1)) / 100
+        fix = (f"raise dataset.{split}_fraction to {need} or more, " if need < 1 - 1e-9 else "") + \
+            "add images"
+        raise UserError(
+            f"dataset.{split}_fraction={fraction} leaves no {SPLIT_WORDS[split]} image: {sizes} are too few "
+            f"({fraction} of {biggest} rounds to 0 per class); {fix}, or set dataset.{split}_fraction=0 to go "
+            f"without a {SPLIT_WORDS[split]} split.")
 
 
 def _folds(folds: Any, fold: Any) -> tuple[int | None, int]:
@@ -129,9 +157,18 @@ def _folds(folds: Any, fold: Any) -> tuple[int | None, int]:
 
 
 def _fold_indices(indices: dict[str, np.ndarray], labels: np.ndarray, folds: int, fold: int,
-                  seed: int) -> dict[str, np.ndarray]:
-    """k-fold cross-validation over train + val (stratified, seeded): fold `fold` validates, the rest train."""
+                  seed: int, classes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """k-fold cross-validation over train + val (stratified, seeded): fold `fold` validates, the rest train.
+    Every fold must see every class: folds may not exceed the images of the smallest class."""
     pool = np.sort(np.concatenate([indices["train"], indices["val"]]))
+    present, counts = np.unique(labels[pool], return_counts=True)
+    if len(counts) and folds > counts.min():
+        smallest = int(present[np.argmin(counts)])
+        name = classes[smallest] if classes and smallest < len(classes) else str(smallest)
+        fix = (f"use dataset.folds between 2 and {int(counts.min())}" if counts.min() >= 2
+               else "add images of it")
+        raise UserError(f"dataset.folds={folds} is more than the {int(counts.min())} image(s) of class '{name}' in "
+                        f"train+val: every fold needs an image of each class; {fix}.")
     parts = stratified_folds(labels[pool], folds, seed)
     val = pool[parts[fold]]
     train = pool[np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))]
@@ -181,25 +218,28 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
     cfg = dict(cfg)
     name = cfg.pop("name")
     builder = DATASETS.get(name)
-    image_size = as_int(cfg.pop("image_size"), "dataset.image_size", minimum=1)
-    channels = as_int(cfg.pop("channels"), "dataset.channels")
-    if channels not in (1, 3):
-        raise UserError(f"dataset.channels must be 1 or 3, not {channels}.")
+    image_size = _image_size(cfg.pop("image_size"))
+    channels = _channels(cfg.pop("channels"))
     val_fraction = as_float(cfg.pop("val_fraction", 0.0), "dataset.val_fraction")
     test_fraction = as_float(cfg.pop("test_fraction", 0.0), "dataset.test_fraction")
     max_train = _limit("max_train_samples", cfg.pop("max_train_samples", None))
     max_eval = _limit("max_eval_samples", cfg.pop("max_eval_samples", None))
     folds, fold = _folds(cfg.pop("folds", None), cfg.pop("fold", 0))
-    given_stats = _given_stats(cfg.pop("mean", None), cfg.pop("std", None), channels)
+    mean_std = cfg.pop("mean", None), cfg.pop("std", None)
     splits_file = cfg.pop("splits_file", None)
     split_seed = cfg.pop("split_seed", None)  # null: the run's seed; fixed: the same splits for every seed
     seed = seed if split_seed is None else as_int(split_seed, "dataset.split_seed", minimum=0)
     placement = Placement.from_config(cfg)
     for key in TRAINING_KEYS:
         cfg.pop(key, None)
-    source = builder(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
-                     test_fraction=test_fraction, **cfg)
+    source = builder(image_size=image_size or BUILD_SIZE, channels=channels or BUILD_CHANNELS, seed=seed,
+                     val_fraction=val_fraction, test_fraction=test_fraction, **cfg)
+    if image_size is None or channels is None:
+        image_size, channels = _resolve_auto(source, image_size, channels)
+    given_stats = _given_stats(*mean_std, channels)
+    _check_classes(name, source.classes)
     if source.paths is not None:
+        placement.check_fits(len(source.paths), channels, image_size)
         source = _place_files(source, channels, image_size, placement, seed, val_fraction, test_fraction)
 
     ids = source.ids or [str(i) for i in range(len(source.labels))]
@@ -208,14 +248,17 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
     else:
         indices = _split_indices(source, val_fraction, test_fraction, seed)
         if folds:
-            indices = _fold_indices(indices, source.labels, folds, fold, seed)
+            indices = _fold_indices(indices, source.labels, folds, fold, seed, list(source.classes))
     split_table = [(ids[i], split) for split in SPLITS for i in indices[split]]
     used = {}
     for split in SPLITS:
         idx = indices[split]
         limit = max_train if split == "train" else max_eval
         used[split] = idx[stratified_subset(source.labels[idx], limit, seed)]
-    in_memory = placement.in_memory(sum(map(len, used.values())) * channels * image_size ** 2)
+    n_used = sum(map(len, used.values()))
+    if not isinstance(source.images, (FileStore, ArrayStore)):
+        placement.check_fits(n_used, channels, image_size)
+    in_memory = placement.in_memory(n_used * channels * image_size ** 2)
     splits = {}
     for split, idx in used.items():
         if isinstance(source.images, (FileStore, ArrayStore)):  # file datasets are placed already
@@ -228,6 +271,11 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
         splits[split] = Split(images, torch.from_numpy(source.labels[idx].astype(np.int64)), [ids[i] for i in idx])
     if len(splits["train"]) == 0:
         raise UserError(f"dataset '{name}' has no training images.")
+    if len(present := np.unique(splits["train"].labels.numpy())) < 2:
+        only = source.classes[int(present[0])]
+        raise UserError(f"the training split of dataset '{name}' holds images of one class only ('{only}'): a "
+                        "classifier needs images of at least 2 classes to learn from; add images of the other "
+                        "classes to it (or raise dataset.max_train_samples).")
     skipped = list(source.skipped)
     if given_stats:
         mean, std = given_stats
@@ -235,6 +283,48 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> DatasetBundle:
         mean, std = channel_stats(_stats_sample(splits["train"].images, seed, skipped))
     return DatasetBundle(name, list(source.classes), channels, image_size, splits, mean, std,
                          source.id_column, sorted(split_table, key=lambda r: _id_key(r[0])), skipped)
+
+
+def _image_size(value: Any) -> int | None:
+    """dataset.image_size: a whole number in MIN_IMAGE_SIZE..MAX_IMAGE_SIZE, or None for auto."""
+    if value == AUTO:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise UserError(f"dataset.image_size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
+                        f"(pixels a side), or auto, not {value!r}.")
+    return value
+
+
+def _channels(value: Any) -> int | None:
+    """dataset.channels: 1 or 3, or None for auto."""
+    if value == AUTO:
+        return None
+    if isinstance(value, bool) or value not in (1, 3):
+        raise UserError(f"dataset.channels must be 1 or 3 (or auto), not {value!r}.")
+    return int(value)
+
+
+def _check_classes(name: str, classes: list[str]) -> None:
+    if len(classes) < 2:
+        found = f"one class ('{classes[0]}')" if classes else "no class"
+        raise UserError(f"dataset '{name}' has {found}: a classifier needs at least 2 classes to tell apart; add "
+                        "the images of the other classes (a class folder or CSV label each).")
+
+
+def _resolve_auto(source: Source, image_size: int | None, channels: int | None) -> tuple[int, int]:
+    """image_size / channels = auto: for image files, the median of their longer sides (a multiple of 8, from 8
+    to 224) and 1 channel when every image is gray; for a dataset of arrays, its own size and channels."""
+    if source.paths is not None:
+        from imgcls_cli.data.files import auto_shape
+
+        found_size, found_channels, how = auto_shape(source.paths)
+    else:
+        found_size, found_channels = int(max(source.images.shape[-2:])), int(source.images.shape[1])
+        how = (f"image_size auto: {found_size} (the dataset's own)", f"channels auto: {found_channels} (the "
+               "dataset's own)")
+    said = [how[0]] * (image_size is None) + [how[1]] * (channels is None)
+    log.info(", ".join(said))
+    return (image_size or found_size), (channels or found_channels)
 
 
 @dataclass
@@ -264,6 +354,24 @@ class Placement:
 
     def in_memory(self, nbytes: int) -> bool:
         return self.mode == "true" or (self.mode == "auto" and nbytes <= self.budget_bytes)
+
+    def check_fits(self, count: int, channels: int, size: int) -> None:
+        """dataset.in_memory=true for more uint8 images than this machine has memory: one line, not an
+        allocation that fails (or swaps) half-way."""
+        nbytes = count * channels * size * size
+        total = _physical_memory()
+        if self.mode == "true" and total and nbytes > total:
+            raise UserError(f"dataset.in_memory=true needs {nbytes / 1e9:.1f} GB for {count} images of "
+                            f"{channels}x{size}x{size}, more than this machine's {total / 1e9:.1f} GB of memory; "
+                            "use dataset.in_memory=auto (images read a batch at a time) or a smaller "
+                            "dataset.image_size.")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _place_files(source: Source, channels: int, size: int, placement: Placement, seed: int, val_fraction: float,
@@ -310,6 +418,7 @@ def _named_splits(names: np.ndarray, labels: np.ndarray, seed: int, val_fraction
     for key, value in carve:
         _check_fraction(f"{key}_fraction", value)
     parts = stratified_split(labels[predefined["train"]], [f for _, f in carve], seed)
+    _check_carved(labels[predefined["train"]], {s: (f, part) for (s, f), part in zip(carve, parts)})
     for (split, _), part in zip(carve, parts):
         predefined[split] = predefined["train"][part]
     predefined["train"] = predefined["train"][parts[-1]]

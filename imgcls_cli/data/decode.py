@@ -1,16 +1,30 @@
-"""Decode image files with OpenCV into uint8 (channels, H, W) arrays."""
+"""Decode image files with OpenCV into uint8 (channels, H, W) arrays.
+
+Every read goes through decode_image: a path that is not a regular file (a FIFO, a device, a socket) is refused
+before it is opened, and an image whose header declares more than MAX_PIXELS pixels is refused before anything
+is decoded (PNG, JPEG, BMP, WebP and TIFF headers are read here; for any other format OpenCV checks its own
+header against the same limit, set through OPENCV_IO_MAX_IMAGE_PIXELS before OpenCV is loaded).
+"""
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
+# Pillow's decompression-bomb limit (about 9459 x 9459; 268 MB as RGB): the most pixels an image may declare.
+MAX_PIXELS = 89_478_485
+# OpenCV reads this once, when it is loaded: its own header check (for the formats read below too) then refuses
+# what MAX_PIXELS refuses, before it allocates the image. A smaller limit the user set is kept.
+_opencv_limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "")
+if not (_opencv_limit.isdigit() and 0 < int(_opencv_limit) <= MAX_PIXELS):
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(MAX_PIXELS)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-MAX_PIXELS = 89_478_485
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -75,7 +89,28 @@ def _target_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(path: str | Path) -> None:
+    """DecodeError unless path is a regular file (links followed): reading a FIFO or a device could block forever
+    or never end, so they are refused before they are opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except OSError as error:
+        raise DecodeError(f"cannot read file ({error.strerror or error})") from None
+    if stat.S_ISDIR(mode):
+        raise DecodeError("is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise DecodeError(f"is {what}, not a regular file")
+
+
 def _read_bytes(path: Path) -> np.ndarray:
+    check_regular_file(path)
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
@@ -100,7 +135,9 @@ def _decode_buffer(buffer: np.ndarray) -> np.ndarray:
         # Not IMREAD_UNCHANGED: it ignores EXIF orientation, so phone photos would come out rotated.
         # These flags still keep 16-bit and float pixels and grayscale; alpha is dropped as it is anyway.
         image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    except cv2.error:
+    except cv2.error as error:
+        if "CV_IO_MAX_IMAGE" in str(error):  # OpenCV's own header check, for a format not read above
+            raise DecodeError(f"image declares more pixels than the limit {MAX_PIXELS}") from None
         image = None
     if image is None or image.size == 0:
         raise DecodeError("not a decodable image")
@@ -115,9 +152,55 @@ def _check_pixels(width: int, height: int) -> None:
         )
 
 
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) a file's header declares (PNG, JPEG, BMP, WebP, TIFF), reading at most its first 256 KB
+    (a JPEG's frame header can follow large EXIF data); None when the header is not one of these or unreadable."""
+    try:
+        check_regular_file(path)
+        with open(path, "rb") as f:
+            return _header_size(f.read(HEADER_BYTES))
+    except (DecodeError, OSError):
+        return None
+
+
+HEADER_BYTES = 256 * 1024
+
+
+def image_header(path: str | Path) -> tuple[int, int, bool | None] | None:
+    """(width, height, gray) a file's header declares; gray is None when the header does not tell (a colour
+    JPEG may hold gray pixels, a palette may be gray); None for a header not read here."""
+    try:
+        check_regular_file(path)
+        with open(path, "rb") as f:
+            data = f.read(HEADER_BYTES)
+    except (DecodeError, OSError):
+        return None
+    size = _header_size(data)
+    return None if size is None else (*size, _header_gray(data))
+
+
+def image_shape(path: str | Path) -> tuple[int, int, bool]:
+    """(width, height, gray) of a file by decoding it: gray when it has one channel or equal colour channels."""
+    image = _drop_alpha(_decode_buffer(_read_bytes(Path(path))))
+    gray = image.ndim == 2 or bool((image[:, :, 0] == image[:, :, 1]).all() and (image[:, :, 1] == image[:, :, 2]).all())
+    return image.shape[1], image.shape[0], gray
+
+
+def _header_gray(data: bytes) -> bool | None:
+    if data.startswith(_PNG_SIGNATURE) and len(data) > 25:
+        return {0: True, 4: True, 2: False, 6: False}.get(data[25])
+    try:
+        for marker, offset in _jpeg_segments(data):
+            if marker in _JPEG_SOF_MARKERS:
+                return True if data[offset + 9] == 1 else None
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) declared by a PNG, JPEG, BMP or WebP header; None for other or unreadable headers."""
-    for reader in (_png_size, _jpeg_size, _bmp_size, _webp_size):
+    """(width, height) declared by a PNG, JPEG, BMP, WebP or TIFF header; None for other or unreadable headers."""
+    for reader in (_png_size, _jpeg_size, _bmp_size, _webp_size, _tiff_size):
         try:
             size = reader(data)
         except (struct.error, IndexError):
@@ -190,6 +273,48 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
         width, height = struct.unpack("<HH", data[26:30])
         return width & 0x3FFF, height & 0x3FFF
     return None
+
+
+_TIFF_WIDTH, _TIFF_LENGTH = 256, 257
+_TIFF_SHORT, _TIFF_LONG, _TIFF_LONG8 = 3, 4, 16
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """The largest image of a TIFF's (or BigTIFF's) directories: OpenCV decodes the first, and a file may hold more."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None:
+        return None
+    version = struct.unpack(order + "H", data[2:4])[0]
+    if version == 42:
+        offset, count_fmt, entry_fmt, entry_size, next_fmt = struct.unpack(order + "I", data[4:8])[0], "H", "HHI", 12, "I"
+    elif version == 43:
+        offset, count_fmt, entry_fmt, entry_size, next_fmt = struct.unpack(order + "Q", data[8:16])[0], "Q", "HHQ", 20, "Q"
+    else:
+        return None
+    best: tuple[int, int] | None = None
+    seen: set[int] = set()
+    while offset and offset not in seen and len(seen) < 64 and offset < len(data):
+        seen.add(offset)
+        count_size = struct.calcsize(count_fmt)
+        (count,) = struct.unpack(order + count_fmt, data[offset:offset + count_size])
+        start = offset + count_size
+        size = {}
+        for i in range(min(count, 4096)):
+            entry = data[start + i * entry_size:start + (i + 1) * entry_size]
+            tag, kind, _ = struct.unpack(order + entry_fmt, entry[:struct.calcsize(entry_fmt)])
+            if tag in (_TIFF_WIDTH, _TIFF_LENGTH):
+                value = entry[struct.calcsize(entry_fmt):]
+                fmt = {_TIFF_SHORT: "H", _TIFF_LONG: "I", _TIFF_LONG8: "Q"}.get(kind)
+                if fmt is None:
+                    continue
+                size[tag] = struct.unpack(order + fmt, value[:struct.calcsize(fmt)])[0]
+        if _TIFF_WIDTH in size and _TIFF_LENGTH in size:
+            found = (size[_TIFF_WIDTH], size[_TIFF_LENGTH])
+            if best is None or found[0] * found[1] > best[0] * best[1]:
+                best = found
+        end = start + count * entry_size
+        (offset,) = struct.unpack(order + next_fmt, data[end:end + struct.calcsize(next_fmt)])
+    return best
 
 
 def _drop_alpha(image: np.ndarray) -> np.ndarray:

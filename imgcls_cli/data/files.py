@@ -6,6 +6,7 @@ size. A file that cannot be decoded is skipped and reported, or stops the run wi
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,11 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls_cli.data.decode import DecodeError, decode_image, list_images
+from imgcls_cli.data.decode import DecodeError, decode_image, image_header, image_shape, list_images
 from imgcls_cli.errors import UserError
 
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 BAD_FILE_CHOICES = ("skip", "error")
+# dataset.image_size/channels=auto: headers of at most AUTO_SAMPLE files (a seeded sample of larger datasets) are
+# read; files whose header does not say whether they are gray are decoded, at most AUTO_DECODES of them.
+AUTO_SAMPLE, AUTO_DECODES = 1000, 64
+AUTO_MIN_SIZE, AUTO_MAX_SIZE, AUTO_FALLBACK = 8, 224, (64, 3)
+log = logging.getLogger("imgcls")
 
 
 @dataclass
@@ -105,7 +111,51 @@ def scan_imagefolder(root: Path) -> tuple[list[Path], list[str], list[str], list
             splits += [split] * len(paths)
     if not files:
         raise UserError(f"no images under {root} (looked for {', '.join(sorted(_extensions()))}).")
+    keep = unique_files(files, labels, str(root), _direct_first(files, root), splits if folders else None)
+    files, labels, splits = [files[i] for i in keep], [labels[i] for i in keep], [splits[i] for i in keep]
     return files, labels, classes, splits if folders else None
+
+
+def _direct_first(files: list[Path], root: Path) -> list[int]:
+    """The order in which copies of one real file are preferred: first the paths that reach it without a link
+    below root (the folder it really is in names its class), then the others in listing order."""
+    real_root = os.path.realpath(root)
+
+    def linked(path: Path) -> bool:
+        return os.path.realpath(path) != os.path.normpath(os.path.join(real_root, os.path.relpath(path, root)))
+
+    return sorted(range(len(files)), key=lambda i: (linked(files[i]), i))
+
+
+def unique_files(files: list[Path], labels: list[str], where: str, order: list[int] | None = None,
+                 splits: list[str] | None = None) -> list[int]:
+    """The positions to keep so that each real file (os.path.realpath: links resolved) is used once: the first
+    of its copies in `order` (default: listing order). A warning says how many copies were dropped, and another
+    how many files had copies with another label (or split), with an example."""
+    kept: dict[str, int] = {}
+    dropped: list[int] = []
+    conflicts: dict[str, int] = {}
+    for i in order if order is not None else range(len(files)):
+        real = os.path.realpath(files[i])
+        first = kept.setdefault(real, i)
+        if first == i:
+            continue
+        dropped.append(i)
+        if labels[i] != labels[first] or (splits is not None and splits[i] != splits[first]):
+            conflicts.setdefault(real, i)
+    if not dropped:
+        return list(range(len(files)))
+    log.warning(f"{where}: {len(dropped)} duplicate(s) dropped: {len(files) - len(dropped)} distinct image files "
+                f"are listed {len(files)} times (through links or repeated rows); each file is used once, by its "
+                "real path.")
+    if conflicts:
+        real, i = next(iter(conflicts.items()))
+        first = kept[real]
+        tag = (lambda j: f"{labels[j]!r}" + (f" in {splits[j] or 'no split'}" if splits is not None else ""))
+        rule = "the class and split of the folder it is really in" if order is not None else "its first row's"
+        log.warning(f"{where}: {len(conflicts)} of these file(s) have copies with another label or split "
+                    f"(e.g. {files[first]} as {tag(first)}, also {files[i]} as {tag(i)}): each keeps {rule}.")
+    return sorted(kept.values())
 
 
 def read_label_csv(path: Path) -> tuple[list[Path], list[str], list[str] | None]:
@@ -131,6 +181,8 @@ def read_label_csv(path: Path) -> tuple[list[Path], list[str], list[str] | None]
         files.append((path.parent / file) if not os.path.isabs(file) else Path(file))
         labels.append(label)
         splits.append((row.get(keys.get("split", "")) or "").strip().lower())
+    keep = unique_files(files, labels, str(path), splits=splits if "split" in keys else None)
+    files, labels, splits = [files[i] for i in keep], [labels[i] for i in keep], [splits[i] for i in keep]
     if "split" not in keys:
         return files, labels, None
     if bad := sorted(set(splits) - {"train", "val", "test"}):
@@ -150,3 +202,56 @@ def _extensions() -> set[str]:
     from imgcls_cli.data.decode import IMAGE_EXTENSIONS
 
     return set(IMAGE_EXTENSIONS)
+
+
+def auto_shape(paths: list[Path]) -> tuple[int, int, tuple[str, str]]:
+    """(image_size, channels, (what to log for each)) for image_size/channels=auto: the median of the images'
+    longer sides, rounded to a multiple of 8 and kept within 8..224, and 1 channel when every image is gray.
+
+    Headers are read (PNG, JPEG, BMP, WebP, TIFF), not pixels: of every file, or of a fixed sample of AUTO_SAMPLE
+    files (the same whatever the seed) when there are more; a file whose header does not say whether it is gray
+    (a colour JPEG of gray pixels, a palette PNG) is decoded, at most AUTO_DECODES of them, stopping at the first
+    colour image."""
+    n = len(paths)
+    picked = range(n) if n <= AUTO_SAMPLE else np.sort(np.random.default_rng(0).choice(n, AUTO_SAMPLE, replace=False))
+    sides, unknown, colour, decoded = [], [], None, 0
+    for i in picked:
+        info = image_header(paths[i])
+        if info is None and decoded < AUTO_DECODES:
+            decoded += 1
+            try:
+                info = image_shape(paths[i])
+            except DecodeError:
+                continue
+        if info is None:
+            continue
+        width, height, gray = info
+        sides.append(max(width, height))
+        if gray is False and colour is None:
+            colour = paths[i]
+        elif gray is None:
+            unknown.append(paths[i])
+    checked = len(sides) - len(unknown)
+    for path in unknown:
+        if colour is not None or decoded >= AUTO_DECODES:
+            break
+        decoded += 1
+        checked += 1
+        try:
+            if not image_shape(path)[2]:
+                colour = path
+        except DecodeError:
+            pass
+    if not sides:
+        size, channels = AUTO_FALLBACK
+        return size, channels, (f"image_size auto: {size} (no image header could be read)",
+                                f"channels auto: {channels} (no image header could be read)")
+    median = float(np.median(sides))
+    size = min(AUTO_MAX_SIZE, max(AUTO_MIN_SIZE, int(median / 8 + 0.5) * 8))
+    of = f"{len(sides)} images" + (f", a sample of the {n}" if n > len(picked) else "")
+    capped = f"; median {median:g}, capped at {AUTO_MAX_SIZE}" if median > AUTO_MAX_SIZE + 4 else ""
+    said_size = f"image_size auto: {size} (median of {of}{capped})"
+    if colour is not None:
+        return size, 3, (said_size, f"channels auto: 3 (colour images, e.g. {colour})")
+    every = "every image is gray" if n == checked else f"every one of the {checked} images checked is gray"
+    return size, 1, (said_size, f"channels auto: 1 ({every})")
