@@ -2,8 +2,9 @@
 
 Every read goes through decode_image: a path that is not a regular file (a FIFO, a device, a socket) is refused
 before it is opened, and an image whose header declares more than MAX_PIXELS pixels is refused before anything
-is decoded (PNG, JPEG, BMP, WebP and TIFF headers are read here; for any other format OpenCV checks its own
-header against the same limit, set through OPENCV_IO_MAX_IMAGE_PIXELS before OpenCV is loaded).
+is decoded: the headers of PNG, JPEG, BMP, WebP, TIFF, PNM/PFM, GIF, Sun raster, Radiance HDR and JPEG 2000 are
+read here; for any other format OpenCV checks its own header against the same limit (OPENCV_IO_MAX_IMAGE_PIXELS,
+set when this module loads OpenCV).
 """
 from __future__ import annotations
 
@@ -200,7 +201,8 @@ def _header_gray(data: bytes) -> bool | None:
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) declared by a PNG, JPEG, BMP, WebP or TIFF header; None for other or unreadable headers."""
-    for reader in (_png_size, _jpeg_size, _bmp_size, _webp_size, _tiff_size):
+    for reader in (_png_size, _jpeg_size, _bmp_size, _webp_size, _tiff_size, _pnm_size, _gif_size, _sun_size,
+                   _hdr_size, _jp2_size):
         try:
             size = reader(data)
         except (struct.error, IndexError):
@@ -301,9 +303,9 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
         size = {}
         for i in range(min(count, 4096)):
             entry = data[start + i * entry_size:start + (i + 1) * entry_size]
-            tag, kind, _ = struct.unpack(order + entry_fmt, entry[:struct.calcsize(entry_fmt)])
+            tag, kind, _ = struct.unpack(order + entry_fmt, entry[:struct.calcsize(order + entry_fmt)])
             if tag in (_TIFF_WIDTH, _TIFF_LENGTH):
-                value = entry[struct.calcsize(entry_fmt):]
+                value = entry[struct.calcsize(order + entry_fmt):]
                 fmt = {_TIFF_SHORT: "H", _TIFF_LONG: "I", _TIFF_LONG8: "Q"}.get(kind)
                 if fmt is None:
                     continue
@@ -315,6 +317,65 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
         end = start + count * entry_size
         (offset,) = struct.unpack(order + next_fmt, data[end:end + struct.calcsize(next_fmt)])
     return best
+
+
+_PNM_MAGICS = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"PF", b"Pf")
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    """PBM/PGM/PPM (P1-P6) and PFM (PF, Pf): the magic, then width and height as text (comments skipped)."""
+    if data[:2] not in _PNM_MAGICS or data[2:3] not in (b" ", b"\t", b"\r", b"\n"):
+        return None
+    numbers: list[int] = []
+    for line in data[2:4096].split(b"\n"):
+        for token in line.split(b"#", 1)[0].split():
+            if not token.isdigit():
+                return None
+            numbers.append(int(token))
+            if len(numbers) == 2:
+                return numbers[0], numbers[1]
+    return None
+
+
+def _gif_size(data: bytes) -> tuple[int, int] | None:
+    if data[:6] not in (b"GIF87a", b"GIF89a"):
+        return None
+    return struct.unpack("<HH", data[6:10])
+
+
+def _sun_size(data: bytes) -> tuple[int, int] | None:
+    if data[:4] != b"\x59\xa6\x6a\x95":
+        return None
+    return struct.unpack(">II", data[4:12])
+
+
+def _hdr_size(data: bytes) -> tuple[int, int] | None:
+    """Radiance HDR: a '#?RADIANCE' (or '#?RGBE') header, a blank line, then '-Y height +X width' (or a
+    rotation of it)."""
+    if not data.startswith(b"#?"):
+        return None
+    end = data.find(b"\n\n", 0, 65536)
+    if end < 0:
+        return None
+    tokens = data[end + 2:end + 2 + 64].split(b"\n", 1)[0].split()
+    if len(tokens) != 4 or not tokens[1].isdigit() or not tokens[3].isdigit():
+        return None
+    first, second = int(tokens[1]), int(tokens[3])
+    return (second, first) if tokens[0][1:2] == b"Y" else (first, second)
+
+
+def _jp2_size(data: bytes) -> tuple[int, int] | None:
+    """JPEG 2000: the 'ihdr' box of a JP2 file, or the SIZ marker of a bare codestream."""
+    if data.startswith(b"\xff\x4f\xff\x51"):
+        width, height, left, top = struct.unpack(">IIII", data[8:24])
+        return width - left, height - top
+    if data[4:12] != b"jP  \r\n\x87\n":
+        return None
+    at = data.find(b"ihdr", 0, 65536)
+    if at < 0:
+        return None
+    height, width = struct.unpack(">II", data[at + 4:at + 12])
+    return width, height
 
 
 def _drop_alpha(image: np.ndarray) -> np.ndarray:
