@@ -1,45 +1,58 @@
-"""Checkpoints: plain dicts of tensors and containers, written atomically, read with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and containers, written atomically, read with weights_only=True and checked
+field by field before anything is built from them."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import re
+import stat
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from imgcls_cli.errors import UserError
+from imgcls_cli.rundir import atomic_writer
 
 FORMAT = "imgcls-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("model", "state_dict", "classes", "input", "config")
 
+# What a checkpoint may hold. Sizes are far above any real run's and far below what exhausts a machine.
+MAX_CHANNELS = 4
+IMAGE_SIZES = (4, 4096)  # input.size, model.kwargs.image_size
+MAX_CLASSES = 1_000_000
+MAX_NAME = 1000  # characters of a class name
+MAX_INT_KWARG = 1_000_000  # any whole-number model kwarg (widths, depth, hidden, ...)
+MAX_FLOAT_KWARG = 1e6
+MAX_LIST_KWARG = 256  # entries of a list kwarg (widths, block_config)
+MAX_ENTRIES = 1_000_000  # files in the checkpoint's zip archive
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "ema", "rng", "best", "position", "distributed", "domain")
+TASKS = ("multiclass", "multilabel")
+
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file beside `path`, then os.replace: a checkpoint on disk is always whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous file is intact.") from None
+    """Write to `.{name}.{pid}.tmp` beside `path`, then os.replace: a checkpoint on disk is always whole. A failed
+    write (a full disk) is one line, removes the temporary file and leaves the previous checkpoint as it was."""
+    with atomic_writer(path, "checkpoint ") as f:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and check an imgcls checkpoint; anything else is refused with one line, nothing in it executed."""
+    """Load and check an imgcls checkpoint; anything else is refused with one line, nothing in it executed, nothing
+    built from it before every field was checked (types, sizes, finite weights that fit the model it names)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise UserError(f"checkpoint not found: {path}") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"checkpoint={path} is not a regular file; give a .pt file an imgcls run wrote.")
+    check_archive(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -50,17 +63,263 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                             "refusing to load it (nothing in it was run).") from None
         raise UserError(f"{path} is not an imgcls checkpoint (not a PyTorch checkpoint file); nothing in it was run.") from None
     except Exception as exc:  # any failure to read the file means it is not a whole checkpoint
-        detail = ""
-        if isinstance(exc, (RuntimeError, OSError)) and str(exc):
-            detail = ": " + re.split(r"(?<=[.:])\s", str(exc).strip())[0].rstrip(".:")
         raise UserError(f"{path} is not a readable imgcls checkpoint (truncated, damaged or not a checkpoint"
-                        f"{detail}).") from None
+                        f"{_first_sentence(exc)}).") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an imgcls checkpoint (no '{FORMAT}' format marker).")
     if ckpt.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format version {ckpt.get('format_version')}; "
+        raise UserError(f"{path} has checkpoint format version {ckpt.get('format_version')!r}; "
                         f"this imgcls reads version {FORMAT_VERSION}.")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise UserError(f"{path} is an incomplete imgcls checkpoint (missing {', '.join(missing)}).")
+    try:
+        check_fields(ckpt)
+        check_weights(ckpt)
+    except Damaged as exc:
+        raise UserError(f"damaged checkpoint: {path}: {exc}; it cannot be used (take another checkpoint, "
+                        "or train again).") from None
     return ckpt
+
+
+class Damaged(Exception):
+    """What is wrong with a checkpoint's contents, in a few words."""
+
+
+def _first_sentence(exc: BaseException) -> str:
+    if isinstance(exc, (RuntimeError, OSError)) and str(exc):
+        return ": " + re.split(r"(?<=[.:])\s", str(exc).strip())[0].rstrip(".:")
+    return ""
+
+
+# --------------------------------------------------------------------------------------------- the file
+def check_archive(path: Path) -> None:
+    """Refuse, from the zip's central directory alone, what torch.load would inflate: torch.save writes every entry
+    stored (uncompressed), so the entries can never add up to more than the file holds. A compressed entry, or
+    sizes beyond the file's, is a zip bomb or damage."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):
+            raise UserError(f"{path} is not a readable imgcls checkpoint (truncated, damaged or not a checkpoint: "
+                            f"{str(exc).rstrip('.') or exc.__class__.__name__}).") from None
+        if head[:1] == b"\x80":
+            raise UserError(f"{path} is not an imgcls checkpoint (a pickle, not a PyTorch zip checkpoint); "
+                            "refusing to load it (nothing in it was run).") from None
+        raise UserError(f"{path} is not an imgcls checkpoint (not a PyTorch checkpoint file); "
+                        "nothing in it was run.") from None
+    if len(entries) > MAX_ENTRIES:
+        raise UserError(f"damaged checkpoint: {path}: its archive lists {len(entries)} files.")
+    total = 0
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != entry.compress_size:
+            raise UserError(f"damaged checkpoint: {path}: its entry {entry.filename} is compressed "
+                            f"({entry.compress_size} bytes that would inflate to {entry.file_size}); imgcls "
+                            "checkpoints are stored uncompressed, so this is not one (refused before reading it).")
+        total += entry.file_size
+        if entry.header_offset + entry.file_size > size or total > size:
+            raise UserError(f"damaged checkpoint: {path}: its entries claim {total} bytes, more than the file's "
+                            f"{size} (truncated or forged; refused before reading it).")
+
+
+# --------------------------------------------------------------------------------------------- the fields
+def check_fields(ckpt: dict[str, Any]) -> None:
+    """Types and sizes of every field that is read from a checkpoint (raises Damaged)."""
+    classes = ckpt["classes"]
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise Damaged(f"classes must be a non-empty list of names, not {_show(classes)}")
+    if len(classes) > MAX_CLASSES:
+        raise Damaged(f"it lists {len(classes)} classes (at most {MAX_CLASSES})")
+    bad = [c for c in classes if not isinstance(c, str) or not c or len(c) > MAX_NAME]
+    if bad:
+        bad = bad[0]
+        raise Damaged(f"classes must be names (text of 1 to {MAX_NAME} characters), not {_show(bad)}")
+    if len(set(classes)) != len(classes):
+        seen: set[str] = set()
+        twice = next(c for c in classes if c in seen or seen.add(c))  # type: ignore[func-returns-value]
+        raise Damaged(f"class {twice!r} appears twice in classes")
+
+    inp = ckpt["input"]
+    if not isinstance(inp, dict):
+        raise Damaged(f"input must be a mapping of channels, size, mean and std, not {_show(inp)}")
+    channels = _whole(inp.get("channels"), "input.channels", 1, MAX_CHANNELS)
+    _whole(inp.get("size"), "input.size", *IMAGE_SIZES)
+    for key in ("mean", "std"):
+        values = inp.get(key)
+        if not isinstance(values, (list, tuple)) or len(values) != channels:
+            raise Damaged(f"input.{key} must list {channels} number(s), one per channel, not {_show(values)}")
+        if not all(_real(v) and math.isfinite(v) and abs(v) <= 1e3 for v in values):
+            raise Damaged(f"input.{key} must hold finite numbers, not {_show(values)}")
+        if key == "std" and not all(v > 0 for v in values):
+            raise Damaged(f"input.std must be positive, not {_show(values)}")
+
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise Damaged(f"model must be a mapping with a name and kwargs, not {_show(model)}")
+    from imgcls_cli.models import MODELS
+
+    if model["name"] not in MODELS:
+        raise Damaged(f"it names a model this imgcls does not have: {model['name'][:100]!r} "
+                      f"(its models: {', '.join(MODELS.names())})")
+    check_kwargs(model.get("kwargs", {}), classes, channels)
+
+    if not isinstance(ckpt["config"], dict):
+        raise Damaged(f"config must be a mapping (the run's resolved config), not {_show(ckpt['config'])}")
+    if not isinstance(ckpt["config"].get("dataset", {}), dict):
+        raise Damaged(f"config.dataset must be a mapping, not {_show(ckpt['config'].get('dataset'))}")
+    if ckpt.get("metrics") is not None and not isinstance(ckpt["metrics"], dict):
+        raise Damaged(f"metrics must be a mapping, not {_show(ckpt['metrics'])}")
+    for key in ("epoch", "step"):
+        if key in ckpt and ckpt[key] is not None:
+            _whole(ckpt[key], key, 0, 10**12)
+    for key in TRAINING_STATE:
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise Damaged(f"{key} must be a mapping, not {_show(ckpt[key])}")
+    if ckpt.get("task") is not None and ckpt["task"] not in TASKS:
+        raise Damaged(f"task must be one of {', '.join(TASKS)}, not {_show(ckpt['task'])}")
+
+
+def check_kwargs(kwargs: Any, classes: list[str], channels: int) -> None:
+    """model.kwargs: plain values of sane size that agree with the classes and the input (raises Damaged)."""
+    if not isinstance(kwargs, dict):
+        raise Damaged(f"model.kwargs must be a mapping, not {_show(kwargs)}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise Damaged(f"model.kwargs has a key that is not a name: {_show(key)}")
+        name = f"model.kwargs.{key}"
+        if isinstance(value, (list, tuple)):
+            if len(value) > MAX_LIST_KWARG:
+                raise Damaged(f"{name} lists {len(value)} values (at most {MAX_LIST_KWARG})")
+            for item in value:
+                _kwarg(item, name, key)
+        else:
+            _kwarg(value, name, key)
+    if "num_classes" in kwargs and kwargs["num_classes"] != len(classes):
+        raise Damaged(f"model.kwargs.num_classes is {_show(kwargs['num_classes'])} but it lists {len(classes)} "
+                      "classes")
+    if "in_channels" in kwargs and kwargs["in_channels"] != channels:
+        raise Damaged(f"model.kwargs.in_channels is {_show(kwargs['in_channels'])} but input.channels is {channels}")
+    if kwargs.get("image_size") is not None:
+        _whole(kwargs["image_size"], "model.kwargs.image_size", *IMAGE_SIZES)
+
+
+def _kwarg(value: Any, name: str, key: str) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        if len(value) > 200:
+            raise Damaged(f"{name} is a text of {len(value)} characters")
+        return
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_INT_KWARG:
+            raise Damaged(f"{name} must be a whole number from 0 to {MAX_INT_KWARG}, not {_show(value)}")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > MAX_FLOAT_KWARG:
+            raise Damaged(f"{name} must be a finite number, not {_show(value)}")
+        if ("rate" in key or key.endswith("prob")) and not 0 <= value < 1:
+            raise Damaged(f"{name} is a probability and must be in [0, 1), not {_show(value)}")
+        if key.endswith("_mult") and not 0 < value <= 64:
+            raise Damaged(f"{name} must be in (0, 64], not {_show(value)}")
+        return
+    raise Damaged(f"{name} must be a plain value (number, text, true/false, null or a list of those), "
+                  f"not {_show(value)}")
+
+
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Damaged(f"{name} must be a whole number from {low} to {high}, not {_show(value)}")
+    return value
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: its repr, cut short, or its type for a tensor."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------------------------- the weights
+def check_weights(ckpt: dict[str, Any]) -> None:
+    """state_dict: names -> tensors that fit in what the file holds, the very shapes of the model its kwargs
+    describe (checked on the meta device: nothing allocated), all of them finite (raises Damaged)."""
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise Damaged(f"state_dict must be a non-empty mapping of names to tensors, not {_show(state)}")
+    for key, tensor in state.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise Damaged(f"state_dict must map names to tensors; {_show(key)} holds {_show(tensor)}")
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            raise Damaged(f"state_dict[{key!r}] is not a plain tensor ({tensor.layout})")
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise Damaged(f"state_dict[{key!r}] claims {tensor.numel()} values over a storage of "
+                          f"{tensor.untyped_storage().nbytes()} bytes")
+    expected = model_shapes(ckpt["model"]["name"], ckpt["model"].get("kwargs", {}), len(state))
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)} instead of {expected[wrong[0]]}" if wrong else ""]
+        raise Damaged(f"its weights do not fit model '{ckpt['model']['name']}' with its kwargs: "
+                      + ", ".join(p for p in parts if p))
+    for key, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            raise Damaged(f"it holds non-finite weights (NaN or infinity) in {key}")
+
+
+def model_shapes(name: str, kwargs: dict[str, Any], num_tensors: int) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of registered model `name` built with `kwargs`, on the meta device (no memory for
+    weights). A build that registers far more tensors than the checkpoint holds is stopped early, so absurd
+    depths cannot exhaust the machine either; a build that fails is Damaged, in one line."""
+    from imgcls_cli.models import create_model
+
+    limit = 4 * num_tensors + 1000
+    try:
+        with torch.device("meta"), _registration_limit(limit):
+            model = create_model(name, for_checkpoint=True, **kwargs)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    except _TooBig:
+        raise Damaged(f"its model kwargs describe a model of more than {limit} tensors, far more than the "
+                      f"{num_tensors} it holds") from None
+    except UserError as exc:
+        raise Damaged(str(exc).rstrip(".")) from None
+    except Exception as exc:  # a builder's TypeError/ValueError/RuntimeError on values it cannot take
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise Damaged(f"model '{name}' cannot be built from its kwargs ({first})") from None
+
+
+class _TooBig(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _registration_limit(limit: int) -> Iterator[None]:
+    """Raise _TooBig inside a model build once it has registered more than `limit` parameters, buffers or modules."""
+    from torch.nn.modules import module as nn_module
+
+    count = [0]
+
+    def hook(*_: Any) -> None:
+        count[0] += 1
+        if count[0] > limit * 3:
+            raise _TooBig()
+
+    handles = [nn_module.register_module_parameter_registration_hook(hook),
+               nn_module.register_module_buffer_registration_hook(hook),
+               nn_module.register_module_module_registration_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

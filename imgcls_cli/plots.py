@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from imgcls_cli.metrics import row_normalized  # noqa: E402
+from imgcls_cli.rundir import atomic_writer  # noqa: E402
 
 DPI = 110
 MAX_ANNOTATED_CLASSES = 30
@@ -32,16 +32,13 @@ def _to_float(value: object) -> float:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    """Write the figure as PNG atomically, then close it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write the figure as PNG atomically (rundir.atomic_writer: a failed write is one line, the previous file
+    stays), then close it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
-        os.replace(tmp, path)
+        with atomic_writer(path) as f:
+            fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def _plot_pair(ax: plt.Axes, epochs: np.ndarray, train: np.ndarray, val: np.ndarray) -> None:

@@ -8,8 +8,15 @@ from imgcls_cli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from imgcls_cli.errors import UserError
 
 
+KWARGS = {"widths": [4, 8], "hidden": 8, "num_classes": 2, "in_channels": 1, "image_size": 8}
+
+
 def payload():
-    return {"model": {"name": "simple_cnn", "kwargs": {"num_classes": 2}}, "state_dict": {"w": torch.ones(3)},
+    from imgcls_cli.models import create_model
+
+    torch.manual_seed(0)
+    state = create_model("simple_cnn", **KWARGS).state_dict()
+    return {"model": {"name": "simple_cnn", "kwargs": dict(KWARGS)}, "state_dict": state,
             "classes": ["a", "b"], "input": {"channels": 1, "size": 8, "mean": [0.5], "std": [0.2]},
             "config": {"epochs": 1}, "epoch": 1, "step": 4, "metrics": {"val_accuracy": 0.5}}
 
@@ -20,7 +27,8 @@ def test_round_trip_with_weights_only(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == FORMAT and raw["format_version"] == 1
     ckpt = load_checkpoint(path)
-    assert ckpt["classes"] == ["a", "b"] and torch.equal(ckpt["state_dict"]["w"], torch.ones(3))
+    assert ckpt["classes"] == ["a", "b"]
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in payload()["state_dict"].items())
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ def read_list_file(text: str) -> list[Path]:
 
     A listed file that is missing or unreadable gets its error row, like any other input."""
     listing = Path(text[1:]).expanduser()
+    kind = file_kind(listing)
+    if kind not in ("", "missing"):  # reading a FIFO would wait for a writer forever
+        raise UserError(f"inputs={text}: the list file {listing} is {kind}, not a regular file; give a text file "
+                        "of paths.")
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -49,19 +54,35 @@ def resolve_inputs(inputs: str) -> list[Path]:
         return read_list_file(text)
     if any(c in text for c in GLOB_CHARS) and not Path(text).exists():
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        files = [p for p in matches if p.is_file()]
+        # Folders are skipped; anything else matched (a FIFO, a device, a dangling link) gets its error row.
+        files = [p for p in matches if not p.is_dir()]
         if not files:
             raise UserError(f"inputs={text} matches no file.")
         return files
     path = Path(text)
     if not path.exists():
         raise UserError(f"inputs not found: {text}")
-    if path.is_file():
+    if not path.is_dir():  # a file; a FIFO or device gets its error row, never opened
         return [path]
     files = list_images(path)
     if not files:
         raise UserError(f"no image files (jpg, jpeg, png, bmp, tif, tiff, webp) under {text}.")
     return files
+
+
+def file_kind(path: Path) -> str:
+    """'' for a regular file (or a link to one), 'missing', or what else it is: 'a FIFO', 'a folder', ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return ""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 class ImageFiles(Dataset):
@@ -74,6 +95,9 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        kind = file_kind(self.paths[i])
+        if kind not in ("", "missing"):  # opening a FIFO would wait for a writer forever
+            return i, None, f"not a regular file ({kind})"
         try:
             return i, torch.from_numpy(decode_image(self.paths[i], self.channels, self.size)), ""
         except DecodeError as exc:
@@ -140,18 +164,37 @@ def run_predict(
     seconds = time.perf_counter() - start
     probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)), np.float32)
     rows, columns = prediction_rows(probs_np, classes, [str(p) for p in paths], "path", topk, errors=errors)
-    target = Path(output) if output else Path(run_dir) / "predictions.csv"
+    target, as_json = output_paths(output, run_dir)
     write_csv(target, rows, columns)
-    write_json(target.with_suffix(".json"), [prediction_json(row, topk) for row in rows])
+    write_json(as_json, [prediction_json(row, topk) for row in rows])
     if shown:
         labelled = [r for r in rows if not r["error"]][: len(shown)]
         plot_image_grid(np.stack(shown), [f"{r['label']} ({float(r['probability']):.2f})" for r in labelled],
-                        target.with_name("predictions.png"), limit=GRID_LIMIT)
+                        Path(run_dir) / "predictions.png", limit=GRID_LIMIT)
     ok = len(probs_np)
     _show(rows, ok, len(paths), seconds, target)
     if ok == 0:
         raise UserError(f"none of the {len(paths)} input file(s) could be decoded (first: {paths[0]}: {errors[0]}).")
     return {"predicted": ok, "failed": len(paths) - ok, "output": str(target), "seconds": seconds}
+
+
+def output_paths(output: str | None, run_dir: str | Path) -> tuple[Path, Path]:
+    """Where predictions.csv and predictions.json go: the run directory, or `output` and the .json beside it.
+
+    An output that is a link is written through to its target (rundir.atomic_writer); one that is a device or FIFO
+    (/dev/stdout, /dev/null, a pipe) gets the CSV written into it and the .json in the run directory, never beside
+    it: no file is ever created in /dev or replaces a device. A folder is refused."""
+    run_dir = Path(run_dir)
+    if not output:
+        return run_dir / "predictions.csv", run_dir / "predictions.json"
+    target = Path(str(output)).expanduser()
+    kind = file_kind(target)
+    if kind == "a folder":
+        raise UserError(f"output={output} is a folder; give a file path such as {target / 'predictions.csv'}.")
+    if kind not in ("", "missing"):
+        return target, run_dir / "predictions.json"
+    as_json = target.with_suffix(".json")
+    return target, as_json if as_json != target else target.with_name(target.name + ".json")
 
 
 def prediction_json(row: dict[str, Any], topk: int) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 classification_report.txt, reliability.png, misclassified.png (when images are given) and predictions.csv."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,7 +9,7 @@ import numpy as np
 
 from imgcls_cli import metrics as M
 from imgcls_cli.plots import plot_confusion_matrix, plot_image_grid, plot_reliability
-from imgcls_cli.rundir import write_csv, write_json, write_text_atomic
+from imgcls_cli.rundir import csv_line, spreadsheet_safe, write_csv, write_json, write_text_atomic
 
 
 def prediction_rows(
@@ -50,13 +48,11 @@ def prediction_rows(
 
 
 def confusion_csv(cm: np.ndarray, classes: Sequence[str], corner: str = "true \\ predicted") -> str:
-    """The matrix as CSV with class names on both axes; the corner cell names the orientation (rows = true)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([corner, *classes])
-    for name, row in zip(classes, cm):
-        writer.writerow([name, *row.tolist()])
-    return buf.getvalue()
+    """The matrix as CSV with class names on both axes; the corner cell names the orientation (rows = true).
+    Class names a spreadsheet would run as formulas are quoted (rundir.spreadsheet_safe)."""
+    lines = [csv_line([corner, *map(spreadsheet_safe, classes)])]
+    lines += [csv_line([spreadsheet_safe(name), *row.tolist()]) for name, row in zip(classes, cm)]
+    return "".join(lines)
 
 
 def classification_report(per_class: Sequence[dict[str, Any]], metrics: dict[str, Any], digits: int = 4) -> str:
