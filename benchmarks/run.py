@@ -148,7 +148,7 @@ def main() -> None:
                                          "quick": args.quick, "repeats": repeats, "benchmarks": results}, indent=2))
     (args.out / f"{slug}.md").write_text("\n".join(report))
     if args.readme:
-        readme = HERE.parent / "README.md"
+        readme = HERE.parent / "docs" / "benchmarks.md"
         readme.write_text(with_tables(readme.read_text(), report))
     print("\n".join(report))
 
