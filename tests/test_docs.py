@@ -433,5 +433,56 @@ def test_the_configuration_reference_names_every_option_and_key_of_conf() -> Non
     assert not missing, "docs/configuration.md does not name:\n" + "\n".join(missing)
 
 
+
+def test_the_config_groups_table_names_every_option_and_marks_the_defaults() -> None:
+    section = _sections((DOCS / "configuration.md").read_text())["Config groups"]
+    rows = {cells[0]: cells[1] for line in section.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    defaults = {}
+    for entry in yaml.safe_load((CONF / "train.yaml").read_text())["defaults"]:
+        if isinstance(entry, dict):
+            defaults.update({k: v for k, v in entry.items() if not k.startswith("override ") and v})
+    missing = []
+    for group in sorted(GROUPS - {"hydra/help", "hydra/job_logging"}):
+        row = rows.get(group, "")
+        missing += [f"{group}: {option.stem}" for option in sorted((CONF / group).glob("*.yaml"))
+                    if f"`{option.stem}`" not in row]
+        if group in defaults and f"`{defaults[group]}` (default)" not in row:
+            missing.append(f"{group}: `{defaults[group]}` (default)")
+    assert not missing, "the config groups table of docs/configuration.md misses:\n" + "\n".join(missing)
+
+
+def _all_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys |= _all_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_every_key_the_configuration_reference_lists_exists_in_conf() -> None:
+    """The other way round: a key removed or renamed in conf/ leaves no stale row behind."""
+    sections = _sections((DOCS / "configuration.md").read_text())
+    stale = []
+    for heading, body in sections.items():
+        if heading.startswith("imgcls "):
+            config = yaml.safe_load((CONF / f"{heading.split()[1]}.yaml").read_text())
+            known = _all_keys({k: v for k, v in config.items() if k not in ("defaults", "hydra")})
+        elif heading in GROUPS and heading not in ("experiment",):
+            package_global = heading == "hparams_search"
+            prefix = "" if package_global else f"{heading.replace('/', '.')}."
+            known = set()
+            for option in (CONF / heading).glob("*.yaml"):
+                known |= {prefix + k for k in _all_keys(yaml.safe_load(option.read_text()) or {})}
+            if heading == "dataset":  # the keys every dataset takes live in train.yaml
+                known |= _all_keys(yaml.safe_load((CONF / "train.yaml").read_text()))
+        else:
+            continue
+        rows = re.findall(r"^\| `([^`]+)` \|", body, re.M)
+        stale += [f"{heading}: {key}" for key in rows if "=" not in key and key not in known
+                  and key.split(".")[-1] not in {p.stem for p in (CONF / heading).glob("*.yaml")}]
+    assert not stale, "docs/configuration.md lists keys conf/ does not have:\n" + "\n".join(stale)
+
 if __name__ == "__main__":
     child_main(*sys.argv[1:3])
