@@ -284,9 +284,15 @@ def test_a_fifo_named_in_a_csv_is_skipped_not_waited_for(tmp_path, in_memory):
     if in_memory:
         assert bundle.skipped == [(str(tmp_path / "a" / "pipe.png"), "is a FIFO (named pipe), not a regular file")]
         assert len(bundle.splits["train"]) == 8
-    else:  # streamed: found unreadable when its batch is read
-        batch, ok = bundle.splits["train"].images.load(np.arange(9))
-        assert ok.sum() == 8
+    else:  # streamed: found unreadable when its batch is read, and listed with its reason
+        import torch
+
+        from imgcls_cli.data.loader import make_loader
+
+        train = bundle.splits["train"]
+        loader = make_loader(train.images, train.labels, 4, bundle.mean, bundle.std, device=torch.device("cpu"))
+        assert sum(len(y) for _, y in loader) == 8
+        assert loader.skipped == {str(tmp_path / "a" / "pipe.png"): "is a FIFO (named pipe), not a regular file"}
 
 
 def test_decode_refuses_non_regular_files_before_opening_them(tmp_path):

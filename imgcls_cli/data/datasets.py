@@ -436,7 +436,7 @@ def _stats_sample(images: torch.Tensor | Store, seed: int, skipped: list[tuple[s
     n = len(images)
     positions = np.sort(np.random.default_rng(seed).permutation(n)[:STATS_SAMPLE])
     batch, ok = images.load(positions)
-    skipped += [(images.name(int(p)), "not a decodable image") for p in positions[~ok]]
+    skipped += [(images.name(int(p)), images.why(int(p))) for p in positions[~ok]]
     return torch.from_numpy(batch[ok])
 
 

@@ -190,7 +190,9 @@ class StreamLoader(DeviceLoader):
         for b, (images, ok, pos) in enumerate(self.loader, start):
             if not ok.all():
                 for p in pos[~ok].tolist():
-                    self.skipped.setdefault(self.store.name(p), "not a decodable image")
+                    name = self.store.name(p)
+                    if name not in self.skipped:
+                        self.skipped[name] = self.store.why(p)
                 images, pos = images[ok], pos[ok]
                 if len(pos) == 0:
                     continue

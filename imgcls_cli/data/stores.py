@@ -34,6 +34,8 @@ class Store(Protocol):
 
     def name(self, position: int) -> str: ...
 
+    def why(self, position: int) -> str: ...
+
 
 class FileStore:
     """Image files decoded (and resized once, to the training size) when a batch asks for them."""
@@ -60,6 +62,14 @@ class FileStore:
     def name(self, position: int) -> str:
         return str(self.paths[position])
 
+    def why(self, position: int) -> str:
+        """Why the file at position did not load (it is read again: the batch was read in another process)."""
+        try:
+            decode_image(self.paths[position], self.channels, self.size)
+        except DecodeError as exc:
+            return str(exc)
+        return "not a decodable image"
+
 
 class ArrayStore:
     """Rows of a uint8 (N, C, H, W) array or memmap, resized and converted to the training shape per batch."""
@@ -84,6 +94,9 @@ class ArrayStore:
 
     def name(self, position: int) -> str:
         return str(int(self.index[position]))
+
+    def why(self, position: int) -> str:
+        return "not readable"
 
 
 # ---------------------------------------------------------------------------------------------- decoded cache
