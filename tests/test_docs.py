@@ -484,5 +484,11 @@ def test_every_key_the_configuration_reference_lists_exists_in_conf() -> None:
                   and key.split(".")[-1] not in {p.stem for p in (CONF / heading).glob("*.yaml")}]
     assert not stale, "docs/configuration.md lists keys conf/ does not have:\n" + "\n".join(stale)
 
+
+def test_the_models_page_has_a_row_for_every_model_option() -> None:
+    text = (DOCS / "models.md").read_text()
+    rows = set(re.findall(r"^\| ([\w.]+) \|", text, re.M))
+    assert {p.stem for p in (CONF / "model").glob("*.yaml")} <= rows
+
 if __name__ == "__main__":
     child_main(*sys.argv[1:3])
