@@ -184,7 +184,9 @@ def _indices_from_file(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
             rows = list(csv.reader(f))[1:]
     except OSError as exc:
         raise UserError(f"cannot read the splits file {path}: {exc.strerror or exc}") from None
-    where = {row[0]: row[1] for row in rows if len(row) >= 2}
+    from imgcls_cli.rundir import unescape_cell  # ids a spreadsheet would take for formulas are written quoted
+
+    where = {unescape_cell(row[0]): row[1] for row in rows if len(row) >= 2}
     known = [(i, where.get(sample_id)) for i, sample_id in enumerate(ids)]
     return {s: np.array([i for i, split in known if split == s], dtype=np.int64) for s in SPLITS}
 
