@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -489,6 +489,16 @@ def test_the_models_page_has_a_row_for_every_model_option() -> None:
     text = (DOCS / "models.md").read_text()
     rows = set(re.findall(r"^\| ([\w.]+) \|", text, re.M))
     assert {p.stem for p in (CONF / "model").glob("*.yaml")} <= rows
+
+
+def test_the_install_page_installs_the_cpu_build_of_torch_before_the_package() -> None:
+    """Without a GPU, torch and torchvision come from PyTorch's CPU index first; then pip keeps them."""
+    lines = [strip_comment(line).strip() for block in code_blocks(DOCS / "install.md") for line in block.lines]
+    cpu = [i for i, line in enumerate(lines) if line.startswith("pip install torch torchvision")
+           and "--index-url https://download.pytorch.org/whl/cpu" in line]
+    package = [i for i, line in enumerate(lines) if line == 'pip install -e ".[dev]"']
+    assert cpu and package and cpu[0] < package[-1]
+    assert "(docs/install.md)" in README.read_text()
 
 if __name__ == "__main__":
     child_main(*sys.argv[1:3])
