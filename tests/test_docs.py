@@ -160,7 +160,7 @@ def checks_of(block: Block) -> list[Check]:
 
 
 def compose_checks(where: str, argv: list[str], shown: str) -> list[Check]:
-    """`--cfg job` runs for one documented command line: one per value of each swept key."""
+    """`--cfg job` runs for one documented command line: one per option of each swept config group."""
     if not argv or argv[0] in ("list", "-h", "--help", "help", "-V", "--version") or PRINTS_CONFIG & set(argv):
         return [Check(where, argv, shown=shown)]
     from hydra.core.override_parser.overrides_parser import OverridesParser
