@@ -113,6 +113,10 @@ def check_regular_file(path: str | Path) -> None:
 def _read_bytes(path: Path) -> np.ndarray:
     check_regular_file(path)
     try:
+        with open(path, "rb") as f:  # the header first: a huge declared image is refused before the file is read
+            declared = _header_size(f.read(HEADER_BYTES))
+        if declared is not None:
+            _check_pixels(*declared)
         buffer = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise DecodeError("file not found") from None
