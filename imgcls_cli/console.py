@@ -4,7 +4,8 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -21,21 +22,29 @@ def console() -> Console:
 
 
 class EpochProgress:
-    """A transient per-epoch bar (loss, accuracy, images/s, ETA) when stdout is a terminal; silent otherwise."""
+    """A transient per-epoch bar (loss, accuracy, images/s, ETA) when stdout is a terminal; silent otherwise.
 
-    def __init__(self, description: str, total: int) -> None:
-        self.enabled = sys.stdout.isatty()
+    The training loop asks due() after each batch and reads its loss and accuracy (a device sync) only then: at
+    the first batch, and then once `interval` seconds of wall time have passed, whatever the time a step takes.
+    Before the first batch the bar shows no numbers (not zeros).
+    """
+
+    def __init__(self, description: str, total: int, *, interval: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic, output: Console | None = None) -> None:
+        self.enabled = output is not None or sys.stdout.isatty()
         self.progress = None
+        self.interval, self.clock = interval, clock
+        self.started, self.last, self.images = clock(), None, 0
         if self.enabled:
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2%} {task.fields[ips]:.0f} img/s"),
-                TimeRemainingColumn(), console=console(), transient=True,
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                TimeRemainingColumn(), console=output or console(), transient=True,
             )
-            self.task = self.progress.add_task(description, total=total, loss=0.0, acc=0.0, ips=0.0)
+            self.task = self.progress.add_task(description, total=total, stats="")
 
     def __enter__(self) -> "EpochProgress":
         if self.progress is not None:
+            self.started = self.clock()
             self.progress.start()
         return self
 
@@ -43,12 +52,26 @@ class EpochProgress:
         if self.progress is not None:
             self.progress.stop()
 
+    def due(self) -> bool:
+        """Whether the numbers are to be shown now: after the first batch, then every `interval` seconds."""
+        return self.progress is not None and (self.last is None or self.clock() - self.last >= self.interval)
+
     def update(self, images: int, loss: float, acc: float) -> None:
+        """`images` more done; the epoch's running loss and accuracy."""
         if self.progress is None:
             return
-        task = self.progress.tasks[0]
-        ips = (task.completed + images) / max(task.elapsed or 1e-9, 1e-9)
-        self.progress.update(self.task, advance=images, loss=loss, acc=acc, ips=ips)
+        self.last = now = self.clock()
+        self.images += images
+        ips = self.images / max(now - self.started, 1e-9)
+        self.progress.update(self.task, advance=images, stats=stats_text(loss, acc, ips))
+
+    def text(self) -> str:
+        """The bar's numbers as shown now ("" before the first batch)."""
+        return self.progress.tasks[0].fields["stats"] if self.progress is not None else ""
+
+
+def stats_text(loss: float, acc: float, ips: float) -> str:
+    return f"loss {loss:.4f} acc {acc:.2%} {ips:.0f} img/s"
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:

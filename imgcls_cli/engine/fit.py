@@ -4,12 +4,20 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
 
-BatchCallback = Callable[[int, float, float], None]  # (images in batch, running loss, running accuracy)
+
+
+class Progress(Protocol):
+    """What the loop reports to (console.EpochProgress): due() says when the running loss and accuracy are to be
+    read (a device sync), update() takes them with the images done since the last update."""
+
+    def due(self) -> bool: ...
+
+    def update(self, images: int, loss: float, acc: float) -> None: ...
 
 
 @dataclass
@@ -66,15 +74,15 @@ def train_one_epoch(
     loss_fn: nn.Module,
     amp: contextlib.AbstractContextManager | Callable[[], contextlib.AbstractContextManager],
     scaler: torch.amp.GradScaler | None = None,
-    on_batch: BatchCallback | None = None,
-    sync_every: int = 10,
+    progress: Progress | None = None,
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     running: Running | None = None,
     after_step: Callable[[Callable[[], Running]], None] | None = None,
     options: StepOptions | None = None,
     first_step: int = 0,
 ) -> EpochResult:
-    """One pass over the loader; loss and accuracy are accumulated on the device and read every sync_every steps.
+    """One pass over the loader; loss and accuracy are accumulated on the device and read only when the progress
+    display is due (by wall time, not every step), so that a step adds no device sync.
 
     mix: batch-level MixUp/CutMix, (x, labels) -> (mixed x, soft targets); accuracy then counts the dominant class.
     running: the sums of the part of this epoch done before a resume. after_step(sums) runs after every
@@ -101,7 +109,7 @@ def train_one_epoch(
         return done + 1
 
     optimizer.zero_grad(set_to_none=True)
-    for batch, (x, y) in enumerate(loader):
+    for x, y in loader:
         target = y
         if mix is not None:
             x, target = mix(x, y)
@@ -132,15 +140,15 @@ def train_one_epoch(
         seen += n
         if pending == options.accumulate_steps:
             steps, pending = take_step(steps), 0
-        if on_batch is not None and (batch + 1) % sync_every == 0:
+        if progress is not None and progress.due():
             _checked(None, first_bad)
-            on_batch(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
+            progress.update(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
             shown = seen
     if pending:  # the epoch's last, shorter accumulation
         steps = take_step(steps)
     _checked(None, first_bad)
-    if on_batch is not None and seen > shown:
-        on_batch(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
+    if progress is not None and seen > shown:
+        progress.update(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
     seconds = time.perf_counter() - start
     return EpochResult(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen - running.seen, seconds,
                        skipped)

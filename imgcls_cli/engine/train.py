@@ -20,7 +20,7 @@ from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
-from imgcls_cli.engine import distributed
+from imgcls_cli.engine import distributed, precise_bn
 from imgcls_cli.engine.distill import distill_options, distillation_loss, load_teacher
 from imgcls_cli.engine.domain import COLUMNS as DOMAIN_COLUMNS
 from imgcls_cli.engine.domain import DomainAdversary, cycle, domain_options, target_dataset_config
@@ -181,6 +181,14 @@ def model_normalization(cfg: dict[str, Any], bundle: DatasetBundle, init: dict[s
     log.info(f"normalization from the {'init checkpoint' if init else 'model weights'}: mean {mean}, std {std}")
 
 
+def drop_remainder(n: int, batch_size: int, world_size: int = 1) -> bool:
+    """Whether an epoch leaves out its last, shorter batch: only when it is under half a batch (a batch of a few
+    images would give batch norm noisy statistics). A small training set (a quick run) thus trains on all of its
+    images every epoch, instead of losing up to a batch of them."""
+    per_rank = -(-n // world_size)
+    return per_rank % batch_size < max(batch_size / 2, 2)
+
+
 def class_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, classes: list[str]) -> torch.Tensor | None:
     """dataset.class_weights: null (none), auto (inverse frequency, n / (K * n_c), mean 1 over samples) or a list."""
     setting = dataset_cfg.get("class_weights")
@@ -235,6 +243,25 @@ def write_augment_preview(loader: DeviceLoader, mixer: Any, bundle: DatasetBundl
 
 
 EMA_COLUMNS = ("ema_val_loss", "ema_val_accuracy")
+
+
+def bn_calibration_loader(bn: precise_bn.Options, model: nn.Module, bundle: DatasetBundle, batch_size: int,
+                          seed: int, shard: tuple[int, int], loader_args: dict[str, Any]) -> DeviceLoader | None:
+    """The fixed sample of training images (no augmentation) batch-norm statistics are recomputed over, or None
+    when they never are (bn_recalibrate=false, or a model without batch norm)."""
+    if bn.when is False or not precise_bn.norm_layers(model):
+        return None
+    train = bundle.splits["train"]
+    positions = precise_bn.sample_positions(len(train), bn.images, seed)
+    images = train.images[positions] if train.in_memory else train.images.take(positions.numpy())
+    per_rank = -(-len(positions) // shard[1])
+    batches = make_loader(images, train.labels[positions], max(1, min(batch_size, per_rank)), bundle.mean,
+                          bundle.std, drop_last=True, shard=shard, pad_shards=True, **loader_args)
+    when = "after every epoch" if bn.when is True else f"after each epoch while fewer than {precise_bn.AUTO_STEPS} " \
+                                                      "optimizer steps are taken"
+    log.info(f"bn_recalibrate={'true' if bn.when is True else bn.when}: batch-norm statistics recomputed over "
+             f"{len(positions)} training images {when} (what validation, best.pt and last.pt use)")
+    return batches
 
 
 def validation(model: nn.Module, loader: DeviceLoader, amp: Any,
@@ -454,6 +481,7 @@ def _fit(run: Run) -> None:
         raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
     topk = as_int(cfg.get("topk", 5), "topk", minimum=1)
     tta = check_tta(cfg.get("tta", "none"))
+    bn_options = precise_bn.options(cfg)
     on_nan = cfg.get("on_nan", "stop")
     if on_nan not in ("stop", "skip_batch"):
         raise UserError(f"on_nan must be stop or skip_batch, not '{on_nan}'.")
@@ -507,12 +535,15 @@ def _fit(run: Run) -> None:
     loader_args = {"device": device, "num_workers": num_workers, "channels_last": channels_last}
     shard = (ctx.rank, ctx.world_size)  # each rank its part of every epoch (validation too); rank 0 tests alone
     train_loader = make_loader(bundle.splits["train"].images, train_labels, batch_size, bundle.mean, bundle.std,
-                               shuffle=True, drop_last=True, augment=augment, seed=seed,
+                               shuffle=True, drop_last=drop_remainder(len(train_labels), batch_size, ctx.world_size),
+                               augment=augment, seed=seed,
                                sample_weights=sampler_weights(cfg["dataset"], train_labels, bundle.num_classes),
                                shard=shard, pad_shards=True, **loader_args)
     eval_loaders = {s: make_loader(bundle.splits[s].images, bundle.splits[s].labels, eval_batch_size, bundle.mean,
                                    bundle.std, shard=shard if s == "val" else (0, 1), **loader_args)
                     for s in ("val", "test")}
+    calibration = bn_calibration_loader(bn_options, model, bundle, batch_size, seed, shard, loader_args)
+    bn_names = set(precise_bn.state_names(model))
     if not bundle.splits["train"].in_memory:
         log.info(f"images stream from {type(train_loader.store).__name__} with {num_workers} worker(s) "
                  "(not in memory: dataset.in_memory, dataset.memory_budget_gb)")
@@ -562,6 +593,8 @@ def _fit(run: Run) -> None:
     if resumed is not None:
         warn_changed_settings(resumed["config"], cfg)
         model.load_state_dict(resumed["state_dict"])
+        if resumed.get("bn_train_stats"):  # training goes on from the statistics it had, not the recomputed ones
+            model.load_state_dict(resumed["bn_train_stats"], strict=False)
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         if scaler is not None and resumed.get("scaler"):
@@ -582,9 +615,12 @@ def _fit(run: Run) -> None:
         restore_rng(mine["rng"])
 
     def cpu_state() -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        # a copy of the batch-norm statistics: on the CPU .cpu() is the live tensor, and recomputed statistics are
+        # replaced by the training-time ones after validation
+        return {k: v.detach().cpu().clone() if k in bn_names else v.detach().cpu() for k, v in model.state_dict().items()}
 
-    def save_last(epoch_done: int, at: dict[str, Any] | None, state: dict[str, torch.Tensor] | None = None) -> None:
+    def save_last(epoch_done: int, at: dict[str, Any] | None, state: dict[str, torch.Tensor] | None = None,
+                  train_stats: dict[str, torch.Tensor] | None = None) -> None:
         ranks = ctx.gather({"rng": rng_state(), "position": at}) if ctx.enabled else None  # every rank calls it
         if not run.main:
             return
@@ -596,7 +632,9 @@ def _fit(run: Run) -> None:
                          "best": {"score": best_acc, "epoch": best_epoch, "bad_epochs": stopper.bad_epochs,
                                   "ema": best_ema},
                          "ema": ema.state_dict() if ema is not None else None, "position": at,
-                         "domain": adversary.state_dict() if adversary is not None else None},
+                         "domain": adversary.state_dict() if adversary is not None else None,
+                         # the batch-norm statistics training continues from, where state_dict holds recomputed ones
+                         "bn_train_stats": train_stats},
                         run_dir / "checkpoints" / "last.pt")
 
     if freezer is not None and ctx.enabled and tuning.frozen_at(start_epoch):
@@ -643,7 +681,7 @@ def _fit(run: Run) -> None:
         try:
             with out.EpochProgress(f"epoch {epoch}/{epochs}", train_loader.samples()) as bar:
                 result = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, amp, scaler,
-                                         bar.update, mix=mix, running=running, after_step=after_step,
+                                         bar, mix=mix, running=running, after_step=after_step,
                                          options=step_options, first_step=step)
         except NonFiniteLoss as exc:
             raise DivergedError(f"training diverged: {exc} (epoch {epoch}); the last good checkpoint is kept; "
@@ -653,47 +691,54 @@ def _fit(run: Run) -> None:
             log.warning(f"epoch {epoch}: {result.skipped} batch(es) with a NaN or infinite loss left out "
                         "(on_nan=skip_batch)")
         validate = has_val and (epoch % val_every == 0 or epoch == epochs)
-        val_loss = val_acc = ema_acc = None
-        if validate:
-            val_loss, val_acc = validation(eval_net, eval_loaders["val"], amp, ctx)
-        row = {"epoch": epoch, "lr": lr, "train_loss": result.loss, "train_accuracy": result.accuracy,
-               "val_loss": val_loss, "val_accuracy": val_acc,
-               "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
-               "images_per_second": round(result.images_per_second, 1)}
-        if adversary is not None:
-            row.update(adversary.epoch_metrics())
-            if target_eval is not None:
-                row["target_accuracy"] = validation(eval_net, target_eval, amp)[1]
-        if ema is not None and validate:
-            row["ema_val_loss"], ema_acc = validation(ema.module, eval_loaders["val"], amp, ctx)
-            row["ema_val_accuracy"] = ema_acc
-            ema_improved = ema_acc > best_ema  # the EMA weights' own best, a model checkpoint like best.pt
-            best_ema = max(best_ema, ema_acc)
-            if ema_improved and run.main:
-                save_checkpoint({**base, "state_dict": ema.state_dict()["state_dict"], "epoch": epoch, "step": step,
-                                 "metrics": {"val_accuracy": ema_acc, "val_loss": row["ema_val_loss"]}},
-                                run_dir / "checkpoints" / "best_ema.pt")
-        run.rows.append(row)
-        if run.main:
-            write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ()),
-                                                          *(DOMAIN_COLUMNS if adversary else ())])
-        if board is not None:
-            for key, value in row.items():
-                if key != "epoch" and value is not None:
-                    board.add_scalar(key, value, epoch)
-            board.flush()
-        score = stopper.score(row) if has_val else result.accuracy
-        improved = score is not None and (best_epoch == 0 or stopper.better(score, best_acc))
-        state = cpu_state() if run.main else None  # one copy for best.pt and last.pt
-        if improved:
-            best_acc, best_epoch = score, epoch
-        if improved and run.main:
-            save_checkpoint({**base, "state_dict": state, "epoch": epoch, "step": step,
-                             "metrics": {k: v for k, v in row.items() if k != "epoch"}},
-                            run_dir / "checkpoints" / "best.pt")
-        if validate:
-            stopper.count(improved)
-        save_last(epoch, None, state)
+        recal = calibration is not None and bn_options.active(step)
+        # Validation, best.pt and last.pt see statistics recomputed with this epoch's weights; training goes on
+        # from its own running statistics (kept in last.pt too, for a resume to continue exactly).
+        with precise_bn.recalibrated([model, *([ema.module] if ema is not None else [])], lambda: calibration, amp,
+                                     ctx.sum if ctx.enabled else None, enabled=recal):
+            val_loss = val_acc = ema_acc = None
+            if validate:
+                val_loss, val_acc = validation(eval_net, eval_loaders["val"], amp, ctx)
+            row = {"epoch": epoch, "lr": lr, "train_loss": result.loss, "train_accuracy": result.accuracy,
+                   "val_loss": val_loss, "val_accuracy": val_acc,
+                   "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
+                   "images_per_second": round(result.images_per_second, 1)}
+            if adversary is not None:
+                row.update(adversary.epoch_metrics())
+                if target_eval is not None:
+                    row["target_accuracy"] = validation(eval_net, target_eval, amp)[1]
+            if ema is not None and validate:
+                row["ema_val_loss"], ema_acc = validation(ema.module, eval_loaders["val"], amp, ctx)
+                row["ema_val_accuracy"] = ema_acc
+                ema_improved = ema_acc > best_ema  # the EMA weights' own best, a model checkpoint like best.pt
+                best_ema = max(best_ema, ema_acc)
+                if ema_improved and run.main:
+                    save_checkpoint({**base, "state_dict": ema.state_dict()["state_dict"], "epoch": epoch,
+                                     "step": step, "metrics": {"val_accuracy": ema_acc, "val_loss": row["ema_val_loss"]}},
+                                    run_dir / "checkpoints" / "best_ema.pt")
+            run.rows.append(row)
+            if run.main:
+                write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ()),
+                                                              *(DOMAIN_COLUMNS if adversary else ())])
+            if board is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        board.add_scalar(key, value, epoch)
+                board.flush()
+            score = stopper.score(row) if has_val else result.accuracy
+            improved = score is not None and (best_epoch == 0 or stopper.better(score, best_acc))
+            state = cpu_state() if run.main else None  # one copy for best.pt and last.pt
+            if improved:
+                best_acc, best_epoch = score, epoch
+            if improved and run.main:
+                save_checkpoint({**base, "state_dict": state, "epoch": epoch, "step": step,
+                                 "metrics": {k: v for k, v in row.items() if k != "epoch"}},
+                                run_dir / "checkpoints" / "best.pt")
+            if validate:
+                stopper.count(improved)
+        train_stats = ({k: v.detach().cpu() for k, v in model.state_dict().items() if k in bn_names}
+                       if recal and run.main else None)
+        save_last(epoch, None, state, train_stats)
         val_text = f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if validate else ""
         val_text += f"  ema_val_acc {ema_acc:.4f}" if ema_acc is not None else ""
         val_text += f"  target_acc {row['target_accuracy']:.4f}" if row.get("target_accuracy") is not None else ""
