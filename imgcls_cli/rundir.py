@@ -70,12 +70,17 @@ def _kind(mode: int) -> str:
 
 
 def write_target(path: str | Path) -> tuple[Path, os.stat_result | None]:
-    """The file that writing `path` writes and its stat (None when it does not exist yet): a symbolic link's final
-    target, so that the link stays a link."""
+    """The file that writing `path` writes and its stat (None when it does not exist yet): a symbolic link to a
+    file (or to nothing yet) is followed to its final target, so that the link stays a link. A link to a device or
+    pipe (/dev/stdout) is kept as it is: it is written through."""
     from imgcls_cli.errors import UserError
 
     path = Path(path)
-    if path.is_symlink():
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except OSError:  # not there yet, a dangling link, or a loop
+        st = None
+    if path.is_symlink() and (st is None or stat.S_ISREG(st.st_mode)):
         try:
             path = Path(os.path.realpath(path, strict=True))
         except FileNotFoundError:  # a dangling link: its target is created
@@ -83,10 +88,7 @@ def write_target(path: str | Path) -> tuple[Path, os.stat_result | None]:
         except OSError as exc:
             raise UserError(f"cannot write {path}: it is a symbolic link that cannot be followed "
                             f"({exc.strerror or exc}).") from None
-    try:
-        return path, os.stat(path)
-    except OSError:  # not there yet, or not reachable: creating it says why
-        return path, None
+    return path, st
 
 
 def _reason(exc: BaseException, file: _RecordingFile | None) -> str | None:

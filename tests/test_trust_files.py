@@ -136,17 +136,20 @@ def test_a_fifo_output_is_written_through_or_refused_without_waiting(tmp_path):
         with open(fifo, "rb") as f:
             received.append(f.read())
 
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    for _ in range(500):  # the reader opens the FIFO; then a writer can open it without waiting
-        try:
-            write_text_atomic(fifo, "a,b\n1,2\n")
-            break
-        except UserError:
-            threading.Event().wait(0.01)
-    thread.join(10)
-    assert received == [b"a,b\n1,2\n"]
-    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and files_in(tmp_path) == {"pipe"}
+    link = tmp_path / "stdout"  # as /dev/stdout is a link to the process's pipe
+    link.symlink_to(fifo)
+    for written in (fifo, link):
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        for _ in range(500):  # the reader opens the FIFO; then a writer can open it without waiting
+            try:
+                write_text_atomic(written, "a,b\n1,2\n")
+                break
+            except UserError:
+                threading.Event().wait(0.01)
+        thread.join(10)
+    assert received == [b"a,b\n1,2\n"] * 2
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and link.is_symlink() and files_in(tmp_path) == {"pipe", "stdout"}
 
 
 # ============================================================================ 10. a full disk
@@ -452,6 +455,19 @@ def test_csv_cells_from_user_data_are_never_formulas_and_read_back_as_given(tmp_
     assert raw[7:] == ["plain", "-1", "+3.5", "1e-3"]  # numbers written as text are not formulas
     assert "-0.5" in path.read_text() and ",-3" in path.read_text()  # the tool's numbers as they are
     assert [r["class"] for r in read_csv_tool(path)] == names  # imgcls reads its own files back unchanged
+
+
+def test_quoted_ids_in_splits_csv_keep_their_split(tmp_path):
+    """splits.csv goes through write_csv too: an id starting with '=' (a class folder named so) is quoted on disk
+    and still found in its split when eval reads the file back."""
+    from imgcls_cli.data.datasets import _indices_from_file
+
+    ids = [f"{HYPERLINK}/0.png", "-1", "dog/1.png", "@cat/2.png"]
+    write_csv(tmp_path / "splits.csv", [{"path": i, "split": s} for i, s in zip(ids, ["train", "val", "test", "test"])],
+              ["path", "split"])
+    assert "'=HYPERLINK" in (tmp_path / "splits.csv").read_text(encoding="utf-8")
+    indices = _indices_from_file(tmp_path / "splits.csv", ids)
+    assert [list(indices[s]) for s in ("train", "val", "test")] == [[0], [1], [2, 3]]
 
 
 def read_csv_tool(path: Path) -> list[dict[str, str]]:
