@@ -141,6 +141,13 @@ def test_duplicate_csv_rows_are_dropped_so_no_test_row_is_also_a_train_row(tmp_p
     assert "each keeps its first row's" in warning
 
 
+def test_a_hard_link_is_the_same_file_too(tmp_path):
+    class_folders(tmp_path / "data", {"a": 4, "b": 4})
+    os.link(tmp_path / "data" / "a" / "0.png", tmp_path / "data" / "b" / "copy.png")
+    bundle = load_dataset(folder_cfg(tmp_path / "data"), seed=0)
+    assert len(bundle.splits["train"]) == 8 and "b/copy.png" not in labelled(bundle)
+
+
 def test_a_file_given_two_labels_keeps_its_first_rows_and_says_so(tmp_path, caplog):
     images = class_folders(tmp_path, {"a": 4, "b": 4})
     rows = ["path,label"] + [f"{p.relative_to(tmp_path)},{p.parent.name}" for n in images for p in images[n]]

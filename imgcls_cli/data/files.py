@@ -2,6 +2,7 @@
 
 Files are decoded with OpenCV on a thread pool (OpenCV releases the GIL), straight to the dataset's channels and
 size. A file that cannot be decoded is skipped and reported, or stops the run with dataset.on_bad_file=error.
+A file reached more than once (folder or file links, hard links, repeated CSV rows) is used once, with a warning.
 """
 from __future__ import annotations
 
@@ -127,16 +128,26 @@ def _direct_first(files: list[Path], root: Path) -> list[int]:
     return sorted(range(len(files)), key=lambda i: (linked(files[i]), i))
 
 
+def _identity(path: Path) -> object:
+    """What makes two paths the same file: its device and inode (a symbolic or a hard link reaches the same
+    one), or its real path (links resolved) when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return os.path.realpath(path)
+
+
 def unique_files(files: list[Path], labels: list[str], where: str, order: list[int] | None = None,
                  splits: list[str] | None = None) -> list[int]:
-    """The positions to keep so that each real file (os.path.realpath: links resolved) is used once: the first
+    """The positions to keep so that each real file (symbolic and hard links resolved) is used once: the first
     of its copies in `order` (default: listing order). A warning says how many copies were dropped, and another
     how many files had copies with another label (or split), with an example."""
-    kept: dict[str, int] = {}
+    kept: dict[object, int] = {}
     dropped: list[int] = []
-    conflicts: dict[str, int] = {}
+    conflicts: dict[object, int] = {}
     for i in order if order is not None else range(len(files)):
-        real = os.path.realpath(files[i])
+        real = _identity(files[i])
         first = kept.setdefault(real, i)
         if first == i:
             continue
