@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import os
 import re
@@ -10,10 +11,11 @@ import shutil
 import sys
 import tempfile
 import traceback
+from pathlib import Path
 from typing import Callable
 
 from imgcls_cli import __version__
-from imgcls_cli.errors import UserError
+from imgcls_cli.errors import UserError, shown
 
 COMMANDS = {
     "train": "train a model; writes outputs/train/<time>_<model>_<dataset>/",
@@ -79,7 +81,9 @@ def _run_hydra(command: str, rest: list[str]) -> int:
     # Exceptions must reach us unformatted, so that a user's mistake becomes one line and exit status 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a corrupt input is reported once, by us
-    app = importlib.import_module(f"imgcls_cli.commands.{command}").main
+    from imgcls_cli.overrides import check_command_line
+
+    main_fn = importlib.import_module(f"imgcls_cli.commands.{command}").main
     scratch = None
     if command == "train":
         from imgcls_cli.commands.resume import resume_args
@@ -90,6 +94,11 @@ def _run_hydra(command: str, rest: list[str]) -> int:
             nproc = distributed.nproc_from(rest)
         except UserError as exc:
             return fail(str(exc))
+    # Every key the command line sets exists (before data-parallel processes start or a sweep's first job runs).
+    status = _guard(lambda: check_command_line(command, rest))
+    if status:
+        return status
+    if command == "train":
         sweep = "-m" in rest or "--multirun" in rest
         if (nproc > 1 or distributed.is_worker()) and sweep:
             return fail("data-parallel training runs one training run; it does not combine with -m (a sweep).")
@@ -102,6 +111,20 @@ def _run_hydra(command: str, rest: list[str]) -> int:
                      "hydra/hydra_logging=disabled"]
             sys.stdout = open(os.devnull, "w")
     sys.argv = [f"imgcls-{command}", *rest]
+
+    def app() -> object:
+        from hydra.errors import ConfigCompositionException
+
+        from imgcls_cli.overrides import unknown_key_message
+
+        try:
+            return main_fn()
+        except ConfigCompositionException as exc:  # Hydra's "Could not override 'epoch'": say what is close
+            message = unknown_key_message(command, rest, exc)
+            if message is None:
+                raise
+            raise UserError(message) from None
+
     try:
         status = _guard(app)
     finally:
@@ -131,6 +154,16 @@ def _guard(fn: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ValueError as exc:  # Hydra's refusal of its flags' combination (--cfg with -m, --resolve alone)
+        frames = traceback.extract_tb(exc.__traceback__)
+        if not frames or Path(frames[-1].filename).parts[-3:] != ("hydra", "_internal", "utils.py"):
+            raise
+        return fail(_one_line(str(exc)))
+    except OSError as exc:  # a name from the command line that no file system takes (Hydra's config search too)
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        return fail(f"a file name is too long for the file system: {shown(str(exc.filename or ''))}; "
+                    "shorten the option that names it.")
     except Exception as exc:  # a launcher's or sweeper's own error: no "srun" here, no Optuna trial completed
         if not any("hydra_plugins" in frame.filename for frame in traceback.extract_tb(exc.__traceback__)):
             raise

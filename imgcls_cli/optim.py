@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from imgcls_cli.errors import UserError, as_float, as_int
+from imgcls_cli.errors import UserError, as_float, as_int, shown
 from imgcls_cli.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -27,7 +27,7 @@ def _checked(value: object, key: str, ok: Callable[[float], bool], expected: str
     """A config number that passes ok, or a one-line UserError naming the key and what it must be."""
     number = as_float(value, key)
     if not ok(number):
-        raise UserError(f"{key} must be {expected}, not {value}.")
+        raise UserError(f"{key} must be {expected}, not {shown(value)}.")
     return number
 
 
@@ -44,16 +44,33 @@ def _fraction(value: object, key: str) -> float:
     return _checked(value, key, lambda x: 0 <= x < 1, "in [0, 1)")
 
 
+def _momentum(value: object) -> float:
+    """The decay of the momentum buffer: at 1 or more past gradients never fade and the steps grow without bound."""
+    momentum = _non_negative(value, "optimizer.momentum")
+    if momentum >= 1:
+        raise UserError(f"optimizer.momentum must be in [0, 1) (0.9 is usual), not {shown(value)}.")
+    return momentum
+
+
+def _weight_decay(value: object) -> float:
+    """The pull of each weight toward 0, per unit of lr: above 1 it outweighs any gradient."""
+    weight_decay = _non_negative(value, "optimizer.weight_decay")
+    if weight_decay > 1:
+        raise UserError(f"optimizer.weight_decay must be in [0, 1] (5e-4 is usual for sgd, 0.05 for adamw), "
+                        f"not {shown(value)}.")
+    return weight_decay
+
+
 def _flag(value: object, key: str) -> bool:
     """A yes/no key; a string such as 'false' would otherwise count as true."""
     if not isinstance(value, bool):
-        raise UserError(f"{key} must be true or false, not {value!r}.")
+        raise UserError(f"{key} must be true or false, not {shown(value)}.")
     return value
 
 
 def _betas(value: object) -> tuple[float, float]:
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        raise UserError(f"optimizer.betas must be two numbers in [0, 1), not {value!r}.")
+        raise UserError(f"optimizer.betas must be two numbers in [0, 1), not {shown(value)}.")
     return _fraction(value[0], "optimizer.betas"), _fraction(value[1], "optimizer.betas")
 
 
@@ -89,7 +106,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 def sgd(groups: list[dict], *, lr: float, momentum: float = 0.9, nesterov: bool = False,
         **_: Any) -> torch.optim.Optimizer:
     """buf = momentum buf + g; w -= lr buf (Nesterov: w -= lr (g + momentum buf)); weight decay adds wd w to g."""
-    momentum = _non_negative(momentum, "optimizer.momentum")
+    momentum = _momentum(momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum,
                            nesterov=_flag(nesterov, "optimizer.nesterov") and momentum > 0)
 
@@ -115,7 +132,7 @@ def rmsprop(groups: list[dict], *, lr: float, alpha: float = 0.99, eps: float = 
     gradient size. centered: v minus the squared running mean of g; momentum: buf = momentum buf + that step."""
     return torch.optim.RMSprop(groups, lr=lr, alpha=_fraction(alpha, "optimizer.alpha"),
                                eps=_positive(eps, "optimizer.eps"),
-                               momentum=_non_negative(momentum, "optimizer.momentum"),
+                               momentum=_momentum(momentum),
                                centered=_flag(centered, "optimizer.centered"))
 
 
@@ -179,8 +196,7 @@ def optimizer_options(cfg: dict[str, Any]) -> OptimizerOptions:
     _penalty_strengths(cfg)
     kwargs = {key: value for key, value in cfg.items() if key not in ("name", *SHARED_KEYS)}
     builder([{"params": [torch.zeros(1, requires_grad=True)]}], lr=lr, **kwargs)  # checks its own keys (betas, ...)
-    return OptimizerOptions(builder, _non_negative(cfg.get("weight_decay", 0.0), "optimizer.weight_decay"),
-                            _decay_norm_and_bias(cfg), kwargs)
+    return OptimizerOptions(builder, _weight_decay(cfg.get("weight_decay", 0.0)), _decay_norm_and_bias(cfg), kwargs)
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any], batch_size: int | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from imgcls_cli.errors import UserError
+from imgcls_cli.errors import UserError, shown
 
 T = TypeVar("T", bound=Callable)
 
@@ -38,7 +38,7 @@ class Registry(Generic[T]):
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        return f"unknown {self.kind} '{name}'.{hint} Choices: {', '.join(self.names())}."
+        return f"unknown {self.kind} {shown(str(name))}.{hint} Choices: {', '.join(self.names())}."
 
     def names(self) -> list[str]:
         return sorted(self._entries)

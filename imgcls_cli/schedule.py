@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from imgcls_cli.errors import UserError, as_float
+from imgcls_cli.errors import UserError, as_float, shown
 from imgcls_cli.registry import Registry
 
 SCHEDULES: Registry = Registry("schedule")
@@ -18,12 +18,16 @@ def _checked(value: object, key: str, ok: Callable[[float], bool], expected: str
     """A config number that passes ok, or a one-line UserError naming the key and what it must be."""
     number = as_float(value, key)
     if not ok(number):
-        raise UserError(f"{key} must be {expected}, not {value}.")
+        raise UserError(f"{key} must be {expected}, not {shown(value)}.")
     return number
 
 
 def _gamma(value: object) -> float:
-    return _checked(value, "schedule.gamma", lambda x: 0 < x < math.inf, "positive")
+    """The factor of each drop: above 1 the lr would grow at every drop, without bound."""
+    gamma = _checked(value, "schedule.gamma", lambda x: 0 < x < math.inf, "positive")
+    if gamma > 1:
+        raise UserError(f"schedule.gamma must be in (0, 1] (the lr is multiplied by it at each drop), not {shown(value)}.")
+    return gamma
 
 
 def _ratio(value: object, key: str) -> float:
@@ -53,7 +57,7 @@ def step(*, epochs: int, step_size: float = 5, gamma: float = 0.1, **_: Any) -> 
 def multistep(*, epochs: int, milestones: Sequence[float] = (30, 60), gamma: float = 0.1, **_: Any) -> Factor:
     """lr0 * gamma ** (number of milestones <= t): drops at chosen epochs, as the ResNet recipe does."""
     if isinstance(milestones, str) or not isinstance(milestones, Sequence):
-        raise UserError(f"schedule.milestones must be a list of epochs, not {milestones!r}.")
+        raise UserError(f"schedule.milestones must be a list of epochs, not {shown(milestones)}.")
     points = [_checked(m, "schedule.milestones", lambda x: 0 <= x < math.inf, "epochs >= 0") for m in milestones]
     gamma = _gamma(gamma)
     return lambda t: gamma ** sum(t + 1e-9 >= m for m in points)
@@ -98,8 +102,8 @@ def build_schedule(cfg: dict[str, Any], epochs: int) -> Factor:
     cfg = dict(cfg)
     name = cfg.pop("name")
     warmup = as_float(cfg.pop("warmup_epochs", 0) or 0, "schedule.warmup_epochs")
-    if warmup < 0:
-        raise UserError(f"schedule.warmup_epochs must be >= 0, not {warmup}.")
+    if not 0 <= warmup < math.inf:
+        raise UserError(f"schedule.warmup_epochs must be >= 0, not {shown(warmup)}.")
     after = SCHEDULES.get(name)(epochs=max(epochs - warmup, 0), **cfg)
     if warmup == 0:
         return after
