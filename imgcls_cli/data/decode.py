@@ -177,10 +177,13 @@ def image_header(path: str | Path) -> tuple[int, int, bool | None] | None:
     try:
         check_regular_file(path)
         with open(path, "rb") as f:
-            data = f.read(HEADER_BYTES)
+            data = f.read(4096)  # enough for every header but a JPEG's after large EXIF data
+            size = _header_size(data)
+            if size is None and data.startswith(b"\xff\xd8") and len(data) == 4096:
+                data += f.read(HEADER_BYTES - len(data))
+                size = _header_size(data)
     except (DecodeError, OSError):
         return None
-    size = _header_size(data)
     return None if size is None else (*size, _header_gray(data))
 
 
