@@ -169,8 +169,9 @@ def check_fields(ckpt: dict[str, Any]) -> None:
 
     if not isinstance(ckpt["config"], dict):
         raise Damaged(f"config must be a mapping (the run's resolved config), not {_show(ckpt['config'])}")
-    if not isinstance(ckpt["config"].get("dataset", {}), dict):
-        raise Damaged(f"config.dataset must be a mapping, not {_show(ckpt['config'].get('dataset'))}")
+    dataset = ckpt["config"].get("dataset", {})
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name", ""), str):
+        raise Damaged(f"config.dataset must be a mapping with a dataset name, not {_show(dataset)}")
     if ckpt.get("metrics") is not None and not isinstance(ckpt["metrics"], dict):
         raise Damaged(f"metrics must be a mapping, not {_show(ckpt['metrics'])}")
     for key in ("epoch", "step"):
@@ -221,7 +222,7 @@ def _kwarg(value: Any, name: str, key: str) -> None:
     if isinstance(value, float):
         if not math.isfinite(value) or abs(value) > MAX_FLOAT_KWARG:
             raise Damaged(f"{name} must be a finite number, not {_show(value)}")
-        if ("rate" in key or key.endswith("prob")) and not 0 <= value < 1:
+        if (key.startswith("drop") or key.endswith("_prob")) and not 0 <= value < 1:
             raise Damaged(f"{name} is a probability and must be in [0, 1), not {_show(value)}")
         if key.endswith("_mult") and not 0 < value <= 64:
             raise Damaged(f"{name} must be in (0, 64], not {_show(value)}")

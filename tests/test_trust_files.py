@@ -346,6 +346,8 @@ DAMAGE = {
     "classes_twice": (_set("classes", ["cat", "dog", "cat"]), "'cat' appears twice"),
     "config_null": (_set("config", None), "config must be a mapping"),
     "config_dataset_text": (_set("config.dataset", "digits"), "config.dataset must be a mapping"),
+    "config_dataset_name": (_set("config.dataset.name", 5), "config.dataset must be a mapping with a dataset name"),
+    "drop_rate_negative": (_set("model.kwargs.drop_rate", -0.1), "probability"),
     "metrics_list": (_set("metrics", [0.5]), "metrics must be a mapping"),
     "epoch_negative": (_set("epoch", -1), "epoch must be a whole number"),
     "epoch_text": (_set("epoch", "one"), "epoch must be a whole number"),
