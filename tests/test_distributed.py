@@ -89,7 +89,7 @@ def test_rank_0_alone_writes_the_run_directory_once_and_whole(runs):
 def test_resume_in_another_number_of_processes_is_one_line(runs, tmp_path):
     single = runs["single"].run_dir
     result = run_cli("train", *SAME, "batch_size=32", "distributed.nproc=2", "epochs=3", f"resume={single}",
-                     cwd=tmp_path)
+                     "overwrite=true", cwd=tmp_path)  # overwrite=true: a completed run may be continued
     assert_user_error(result, "trained in 1 process", "not 2")
     assert read_json(single / "summary.json")["status"] == "completed"  # the finished run is left as it was
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgcls_cli.engine.distributed import quiet_rank
 from imgcls_cli.errors import UserError
 from imgcls_cli.rundir import write_text_atomic
+from imgcls_cli.runlock import release  # also registers the imgcls.unique resolver of the run directories
 
 log = logging.getLogger("imgcls")
 
@@ -45,10 +46,21 @@ def task_overrides() -> list[str]:
 
 def run_command(cfg: DictConfig, body: Callable[[dict[str, Any], Path], Any],
                 check: Callable[[DictConfig], None] | None = None) -> Any:
-    """Run body(config, run_dir) and print the run directory last; in a sweep a failing job is a failed row."""
+    """Run body(config, run_dir) and print the run directory last; in a sweep a failing job is a failed row.
+
+    The run directory was locked before Hydra wrote into it (imgcls_cli.runlock.RunDirGuard); the lock is let go
+    once the run has ended, whichever way it ended."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        return _run(cfg, body, check, hc, run_dir, multirun)
+    finally:
+        release(run_dir)
+
+
+def _run(cfg: DictConfig, body: Callable[[dict[str, Any], Path], Any], check: Callable[[DictConfig], None] | None,
+         hc: Any, run_dir: Path, multirun: bool) -> Any:
     try:
         if check is not None:
             check(cfg)
