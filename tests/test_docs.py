@@ -500,5 +500,43 @@ def test_the_install_page_installs_the_cpu_build_of_torch_before_the_package() -
     assert cpu and package and cpu[0] < package[-1]
     assert "(docs/install.md)" in README.read_text()
 
+
+def _value(tree: object, dotted: str) -> object:
+    """tree's value at a dotted path (a key may hold dots itself, as the sweeper's params do); KeyError if none."""
+    if isinstance(tree, dict) and dotted in tree:
+        return tree[dotted]
+    head, _, rest = dotted.partition(".")
+    if not rest or not isinstance(tree, dict) or head not in tree:
+        return KeyError
+    return _value(tree[head], rest)
+
+
+def _same(shown: str, value: object) -> bool:
+    try:
+        return yaml.safe_load(shown) == value or shown == str(value)
+    except yaml.YAMLError:
+        return shown == str(value)
+
+
+def test_the_defaults_the_configuration_reference_shows_are_those_of_conf() -> None:
+    sections = _sections((DOCS / "configuration.md").read_text())
+    wrong = []
+    for command in ("train", "eval", "predict"):
+        config = yaml.safe_load((CONF / f"{command}.yaml").read_text())
+        for key, shown in re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", sections[f"imgcls {command} keys"], re.M):
+            if not _same(shown, _value(config, key)):
+                wrong.append(f"imgcls {command}: {key} shows {shown}, conf has {_value(config, key)!r}")
+    for group in sorted(GROUPS - {"hydra/help", "hydra/job_logging", "experiment"}):
+        prefix = "" if group == "hparams_search" else f"{group.replace('/', '.')}."
+        for option, keys in re.findall(r"^\| `([\w.-]+)` \|[^\n]*\| ([^\n]*) \|$", sections.get(group, ""), re.M):
+            path = CONF / group / f"{option}.yaml"
+            if not path.is_file():
+                continue
+            config = yaml.safe_load(path.read_text()) or {}
+            for key, shown in re.findall(r"`([^`=]+)=([^`]*)`", keys):
+                if not _same(shown, _value(config, key.removeprefix(prefix))):
+                    wrong.append(f"{group}={option}: {key} shows {shown}, conf has {_value(config, key.removeprefix(prefix))!r}")
+    assert not wrong, "docs/configuration.md shows defaults conf/ does not have:\n" + "\n".join(wrong)
+
 if __name__ == "__main__":
     child_main(*sys.argv[1:3])
