@@ -13,12 +13,27 @@ from torch import nn
 from imgcls_cli.errors import UserError, as_float
 
 
+COLUMNS = ("distill_loss",)  # metrics.csv: the epoch's mean T²·KL term (train_loss stays the loss against the labels)
+
+
+def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²·KL(softmax(t/T) ‖ softmax(s/T)), the batch's mean: the distillation term (0 when they agree)."""
+    kl = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                  reduction="batchmean", log_target=True)
+    return temperature ** 2 * kl
+
+
+def distillation_terms(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, temperature: float,
+                       alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss trained on: α·T²·KL + (1 − α)·hard_loss, the distillation term T²·KL alone)."""
+    soft = soft_loss(student, teacher, temperature)
+    return alpha * soft + (1.0 - alpha) * hard_loss, soft
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, temperature: float,
                       alpha: float) -> torch.Tensor:
     """α·T²·KL(teacher ‖ student) on the temperature-softened distributions, plus (1 − α) times the usual loss."""
-    soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
-                    reduction="batchmean", log_target=True)
-    return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard_loss
+    return distillation_terms(student, teacher, hard_loss, temperature, alpha)[0]
 
 
 class Teacher:

@@ -27,6 +27,7 @@ class Running:
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
+    distill_sum: float = 0.0  # knowledge distillation's T²·KL term, summed over the images
 
 
 @dataclass
@@ -36,6 +37,7 @@ class EpochResult:
     images: int
     seconds: float
     skipped: int = 0  # batches left out for a non-finite loss (on_nan=skip_batch)
+    distill_loss: float | None = None  # the mean distillation term (with a teacher); `loss` is against the labels
 
     @property
     def images_per_second(self) -> float:
@@ -50,9 +52,10 @@ class StepOptions:
     grad_clip_norm: float | None = None  # clip the gradients' global norm to this
     accumulate_steps: int = 1  # batches whose gradients add up into one optimizer step
     on_nan: str = "stop"  # stop | skip_batch: what a non-finite loss does
-    # Knowledge distillation: the teacher's logits of a batch, and the loss that mixes them in.
+    # Knowledge distillation: the teacher's logits of a batch; distill(student, teacher, loss) gives the loss
+    # trained on and the distillation term (reported apart: the epoch's loss stays the loss against the labels).
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
-    distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     # Domain-adversarial training: extend(x) appends target images to the batch; split(logits) gives back the
     # source logits and the domain loss, added to the loss that is backpropagated (not to the reported loss).
     domain: Any = None
@@ -95,6 +98,7 @@ def train_one_epoch(
     device = next(model.parameters()).device
     running = running or Running()
     loss_sum = torch.full((), running.loss_sum, device=device, dtype=torch.float64)
+    distill_sum = torch.full((), running.distill_sum, device=device, dtype=torch.float64)
     correct = torch.full((), running.correct, device=device, dtype=torch.int64)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)
     seen = shown = running.seen
@@ -105,7 +109,8 @@ def train_one_epoch(
         _optimizer_step(model, optimizer, scaler, options.grad_clip_norm)
         scheduler.step()
         if after_step is not None:
-            after_step(lambda: _checked(Running(loss_sum.item(), int(correct.item()), seen), first_bad))
+            after_step(lambda: _checked(Running(loss_sum.item(), int(correct.item()), seen, distill_sum.item()),
+                                        first_bad))
         return done + 1
 
     optimizer.zero_grad(set_to_none=True)
@@ -121,11 +126,13 @@ def train_one_epoch(
             else:
                 logits = model(x)
             loss = loss_fn(logits.float(), target)
+        objective, soft = loss, None
         if options.teacher is not None and options.distill is not None:
-            loss = options.distill(logits.float(), options.teacher(x), loss)
+            objective, soft = options.distill(logits.float(), options.teacher(x), loss)
         if options.penalty is not None:  # in float32, outside autocast
-            loss = loss + options.penalty()
-        total = loss if domain_loss is None else loss + domain_loss
+            extra = options.penalty()
+            loss, objective = loss + extra, objective + extra
+        total = objective if domain_loss is None else objective + domain_loss
         finite = torch.isfinite(total.detach())
         if options.on_nan == "skip_batch" and not bool(finite):
             skipped += 1
@@ -136,6 +143,8 @@ def train_one_epoch(
         pending += 1
         n = len(y)
         loss_sum += loss.detach().double() * n
+        if soft is not None:
+            distill_sum += soft.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
         if pending == options.accumulate_steps:
@@ -150,8 +159,9 @@ def train_one_epoch(
     if progress is not None and seen > shown:
         progress.update(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
     seconds = time.perf_counter() - start
+    distilled = distill_sum.item() / max(seen, 1) if options.distill is not None else None
     return EpochResult(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen - running.seen, seconds,
-                       skipped)
+                       skipped, distilled)
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,

@@ -21,7 +21,8 @@ from imgcls_cli.data.augment import build_augment
 from imgcls_cli.data.datasets import DatasetBundle, load_dataset
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine import distributed, precise_bn
-from imgcls_cli.engine.distill import distill_options, distillation_loss, load_teacher
+from imgcls_cli.engine.distill import COLUMNS as DISTILL_COLUMNS
+from imgcls_cli.engine.distill import distill_options, distillation_terms, load_teacher
 from imgcls_cli.engine.domain import COLUMNS as DOMAIN_COLUMNS
 from imgcls_cli.engine.domain import DomainAdversary, cycle, domain_options, target_dataset_config
 from imgcls_cli.engine.ema import build_ema
@@ -47,6 +48,8 @@ MIX_STREAM = 500_009  # offsets the MixUp/CutMix generator's seed from the loade
 RANK_STREAM = 900_007  # offsets each data-parallel rank's MixUp/CutMix generator from rank 0's
 STOP_CHECK = 10  # data-parallel ranks agree on a stop signal (SIGINT/SIGTERM) every this many optimizer steps
 TARGET_STREAM = 700_001  # offsets the domain-adaptation target loader's seed from the source loader's
+# numpy's range; the generators' seeds derived from it (seed x 1,000,003 x 1,009 + offsets) then fit in 64 bits
+MAX_SEED = 2**32 - 1
 
 
 def positive_int(cfg: dict[str, Any], key: str) -> int:
@@ -99,6 +102,44 @@ class Interrupted(Exception):
     def __init__(self, signum: int, epoch: int, step: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} in epoch {epoch} at step {step}")
         self.signum = signum
+
+
+# dataset keys that change where or how images are kept, not which images a run sees or how
+CARRY_OVER_DATASET_KEYS = ("in_memory", "memory_budget_gb", "cache", "cache_dir", "download")
+
+
+def _differences(prefix: str, saved: Any, now: Any) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, value now) of every leaf that differs between two config subtrees."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in _differences(f"{prefix}.{k}", saved.get(k), now.get(k))]
+    return [] if saved == now else [(prefix, saved, now)]
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def unresumable_changes(saved: dict[str, Any], cfg: dict[str, Any], explicit_keys: set[str]) -> list[str]:
+    """The settings a resume changed whose state cannot carry over: the model (its weights), the dataset (its
+    images, classes and splits), the optimizer's kind (its state), domain adaptation's classifier. A size or
+    channel count the run chooses by itself (dataset.image_size=auto, a model's own resolution) is compared only
+    when given on the command line."""
+    found = _differences("model", saved.get("model"), cfg.get("model"))
+    chosen = {"image_size", "channels"}
+    for key, was, now in _differences("dataset", saved.get("dataset"), cfg.get("dataset")):
+        leaf = key.split(".", 2)[1]
+        if leaf in CARRY_OVER_DATASET_KEYS or (leaf in chosen and key not in explicit_keys):
+            continue
+        found.append((key, was, now))
+    was_opt, now_opt = saved.get("optimizer") or {}, cfg.get("optimizer") or {}
+    if was_opt.get("name") != now_opt.get("name"):
+        found.append(("optimizer.name", was_opt.get("name"), now_opt.get("name")))
+    was_dom, now_dom = saved.get("domain") or {}, cfg.get("domain") or {}
+    if was_dom.get("target") and now_dom.get("target"):
+        found += [d for d in _differences("domain", was_dom, now_dom) if d[0] in ("domain.target", "domain.hidden")]
+    return [f"{k} {_short(a)} -> {_short(b)}" for k, a, b in found]
 
 
 def warn_changed_settings(saved: dict[str, Any], cfg: dict[str, Any]) -> None:
@@ -280,10 +321,11 @@ def epoch_totals(result: EpochResult, ctx: distributed.Dist) -> EpochResult:
     """An epoch's training loss and accuracy over every rank's images; the slowest rank's seconds."""
     if not ctx.enabled:
         return result
-    loss, correct, images, skipped = ctx.sum([result.loss * result.images, result.accuracy * result.images,
-                                              result.images, result.skipped])
+    loss, correct, images, skipped, distilled = ctx.sum([
+        result.loss * result.images, result.accuracy * result.images, result.images, result.skipped,
+        (result.distill_loss or 0.0) * result.images])
     return EpochResult(loss / max(images, 1), correct / max(images, 1), int(images), ctx.max([result.seconds])[0],
-                       int(skipped))
+                       int(skipped), None if result.distill_loss is None else distilled / max(images, 1))
 
 
 def check_distributed(ctx: distributed.Dist, cfg: dict[str, Any], tuning: Any, adaptation: Any) -> None:
@@ -444,6 +486,16 @@ def run_training(cfg: dict[str, Any], run_dir: str | Path, explicit_keys: list[s
     return run.summary
 
 
+def _put_back_config(run: Run, state: dict[str, Any]) -> None:
+    """A refused resume leaves the run as it was: its config.yaml (which the command wrote with this run's
+    settings) holds the settings it trained with again."""
+    if not run.main or not isinstance(state.get("config"), dict) or not (run.run_dir / "config.yaml").is_file():
+        return
+    from omegaconf import OmegaConf
+
+    write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+
+
 def load_resume_state(run: Run) -> None:
     """resume=...: last.pt of the run being continued, which must have trained in as many processes."""
     last = run.run_dir / "checkpoints" / "last.pt"
@@ -454,9 +506,17 @@ def load_resume_state(run: Run) -> None:
         raise ResumeRefused(f"{last} holds no training state to resume from (written by another version?).")
     saved = int((state.get("distributed") or {}).get("world_size", 1))
     if saved != run.ctx.world_size:
+        _put_back_config(run, state)
         raise ResumeRefused(f"resume: {run.run_dir} trained in {saved} process(es) and continues only in {saved} "
                         f"(distributed.nproc={saved}, or torchrun --nproc_per_node), not {run.ctx.world_size}: "
                         "the data order and the images per step depend on it.")
+    changed = unresumable_changes(state.get("config") or {}, run.cfg, run.explicit_keys)
+    if changed:
+        _put_back_config(run, state)
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ResumeRefused(f"resume: {run.run_dir} trained with other settings, whose state cannot carry over: "
+                            f"{shown}; resume with the settings it was trained with, or start a new run (no "
+                            "resume=).")
     run.resume_state = state
 
 
@@ -464,7 +524,7 @@ def _fit(run: Run) -> None:
     cfg, run_dir = run.cfg, run.run_dir
     epochs, batch_size = positive_int(cfg, "epochs"), positive_int(cfg, "batch_size")
     eval_batch_size = positive_int(cfg, "eval_batch_size")
-    seed = as_int(cfg["seed"], "seed", minimum=0)
+    seed = as_int(cfg["seed"], "seed", minimum=0, maximum=MAX_SEED)
     # Check every setting before the (possibly slow) data loading, so a typo fails at once.
     lr_factor = build_schedule(cfg["schedule"], epochs)
     augment = build_augment(cfg["augment"])
@@ -581,7 +641,7 @@ def _fit(run: Run) -> None:
         teacher = load_teacher(teacher_path, bundle.classes, model_input(bundle), device)
         log.info(f"distilling from {teacher_path}: T {temperature}, alpha {alpha}")
         step_options.teacher = lambda x: teacher(x, amp)
-        step_options.distill = lambda s, t, hard: distillation_loss(s, t, hard, temperature, alpha)
+        step_options.distill = lambda s, t, hard: distillation_terms(s, t, hard, temperature, alpha)
     every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
                            minimum=0)
     best_acc, best_epoch, step, start_epoch, position = -1.0, 0, 0, 1, None
@@ -703,6 +763,8 @@ def _fit(run: Run) -> None:
                    "val_loss": val_loss, "val_accuracy": val_acc,
                    "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
                    "images_per_second": round(result.images_per_second, 1)}
+            if result.distill_loss is not None:
+                row["distill_loss"] = result.distill_loss
             if adversary is not None:
                 row.update(adversary.epoch_metrics())
                 if target_eval is not None:
@@ -719,7 +781,8 @@ def _fit(run: Run) -> None:
             run.rows.append(row)
             if run.main:
                 write_csv(run_dir / "metrics.csv", run.rows, [*METRIC_COLUMNS, *(EMA_COLUMNS if ema else ()),
-                                                              *(DOMAIN_COLUMNS if adversary else ())])
+                                                              *(DOMAIN_COLUMNS if adversary else ()),
+                                                              *(DISTILL_COLUMNS if teacher_path else ())])
             if board is not None:
                 for key, value in row.items():
                     if key != "epoch" and value is not None:
