@@ -192,9 +192,10 @@ def simulate_full_disk(monkeypatch) -> None:
     real_write = rundir._RecordingFile.write
 
     def write(self, data):
-        if os.path.basename(self.name if isinstance(self.name, str) else "").endswith(".tmp"):
+        if not isinstance(self.name, int) and os.fspath(self.name).endswith(".tmp"):
             real_write(self, bytes(memoryview(data).cast("B")[:10]))  # a partial write, then the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise self.error
         return real_write(self, data)
 
     monkeypatch.setattr(rundir._RecordingFile, "write", write)
