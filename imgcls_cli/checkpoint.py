@@ -38,7 +38,7 @@ TASKS = ("multiclass", "multilabel")
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write to `.{name}.{pid}.tmp` beside `path`, then os.replace: a checkpoint on disk is always whole. A failed
     write (a full disk) is one line, removes the temporary file and leaves the previous checkpoint as it was."""
-    with atomic_writer(path, "checkpoint ") as f:
+    with atomic_writer(path, "checkpoint ", sync=True) as f:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
 
 

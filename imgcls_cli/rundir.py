@@ -103,14 +103,14 @@ def _reason(exc: BaseException, file: _RecordingFile | None) -> str | None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | Path, what: str = "") -> Iterator[BinaryIO]:
+def atomic_writer(path: str | Path, what: str = "", sync: bool = False) -> Iterator[BinaryIO]:
     """A binary file to write `path` with; on success it replaces `path` whole (written beside it as
     `.{name}.{pid}.tmp`, then os.replace), so the file on disk is the old one or the new one, never half of one.
 
     A symbolic link is followed: its target is replaced and the link stays. An existing character device or FIFO
     (/dev/null, a pipe a reader waits on) is written through, never replaced; a block device, socket or folder is
     refused. A failed write (a full disk, no permission) removes the temporary file and is one UserError line;
-    `what` names the file in it ("checkpoint ")."""
+    `what` names the file in it ("checkpoint "). sync: the data reaches the disk before the file is replaced."""
     from imgcls_cli.errors import UserError
 
     shown = Path(path)
@@ -128,7 +128,8 @@ def atomic_writer(path: str | Path, what: str = "") -> Iterator[BinaryIO]:
         with _RecordingFile(tmp, "wb") as file:
             yield file  # type: ignore[misc]
             file.flush()
-            os.fsync(file.fileno())
+            if sync:
+                os.fsync(file.fileno())
         if st is not None:
             os.chmod(tmp, stat.S_IMODE(st.st_mode))  # the replaced file's permissions, not the umask's
         os.replace(tmp, target)
