@@ -78,6 +78,8 @@ def _unknown_key_message(command: str, parsed: argparse.Namespace, key: str) -> 
     overrides = _parse_overrides(parsed.overrides)
     line = next((o.input_line for o in overrides if o.key_or_group == key), f"{key}=...")
     with _Composer(command, parsed, overrides) as composer:
+        if composer.repository.group_exists(key):  # a group without a default: Hydra's advice (+group=) is right
+            return None
         missing = [config for config in composer.configs() if not composer.has(config.cfg, key)]
         if not missing:  # a sweep over groups: each job has the key, the config Hydra composes first has not
             return (f"{key} is a key of every job of the sweep but not of the config Hydra composes first, with "
@@ -278,7 +280,7 @@ class _Composer:
         from omegaconf import OmegaConf
 
         group, _, rest = key.partition(".")
-        if not rest:
+        if not rest or group not in FREE_KEYS:
             return False
         if group == "model" and OmegaConf.select(config.cfg, "model.name", default=None) == "tv":
             return True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -33,7 +34,7 @@ def _optional_count(key: str, value: Any) -> None:
 
 
 def _counts(key: str, value: Any) -> None:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
         raise UserError(f"model.{key} must be a list of whole numbers >= 1, not {shown(value)}.")
     for item in value:
         _count(key, item)
@@ -94,7 +95,7 @@ USUAL_SIZES = {"num_classes": 1000, "width": 128, "widths": 1024, "hidden": 4096
 def _usual(kwargs: dict[str, Any]) -> bool:
     for key, limit in USUAL_SIZES.items():
         values = kwargs.get(key)
-        for value in values if isinstance(values, (list, tuple)) else [values]:
+        for value in values if isinstance(values, Sequence) and not isinstance(values, str) else [values]:
             if isinstance(value, (int, float)) and value > limit:
                 return False
     return True
