@@ -255,6 +255,43 @@ def test_an_undecodable_test_file_is_counted_and_none_readable_is_one_line(folde
     assert len((tmp_path / "none" / "skipped_files.txt").read_text().splitlines()) == len(test)
 
 
+def test_a_test_file_that_no_longer_decodes_while_streaming_is_counted(folder_run, tmp_path):
+    """Images read a batch at a time (dataset.in_memory=false): a file found undecodable then is counted too."""
+    test = split_ids(folder_run)["test"]
+    root = Path(load_checkpoint(folder_run / "checkpoints" / "best.pt")["config"]["dataset"]["root"])
+    saved = (root / test[-1]).read_bytes()
+    try:
+        (root / test[-1]).write_bytes(b"\x89PNG\r\n\x1a\n but nothing after")
+        metrics = evaluate(folder_run / "checkpoints" / "best.pt", tmp_path,
+                           dataset_cfg={"name": "imagefolder", "in_memory": False}, dataset_keys=["in_memory"])
+    finally:
+        (root / test[-1]).write_bytes(saved)
+    assert metrics["missing_files"] == 1 and metrics["num_samples"] == len(test) - 1
+    assert test[-1] in (tmp_path / "skipped_files.txt").read_text()
+
+
+def test_sweep_eval_checks_each_jobs_classes_and_leaves_out_each_jobs_seen_images(digits_run, tmp_path):
+    """A sweep folder of two jobs (each a copy of the digits run): another test_fraction leaves out each job's
+    seen images (its own splits.csv); another dataset's classes are refused."""
+    from imgcls_cli.engine.inference import run_sweep_eval
+
+    sweep = tmp_path / "sweep"
+    for job in ("0_a", "1_b"):
+        (sweep / job / "checkpoints").mkdir(parents=True)
+        shutil.copy(digits_run / "checkpoints" / "best.pt", sweep / job / "checkpoints" / "best.pt")
+        shutil.copy(digits_run / "splits.csv", sweep / job / "splits.csv")
+    board = run_sweep_eval(sweep, tmp_path / "board", dataset_cfg=group("digits", test_fraction=0.3),
+                           dataset_keys=["test_fraction"], device="cpu", num_workers=0)
+    seen = set(split_ids(digits_run)["train"]) | set(split_ids(digits_run)["val"])
+    for row in board:
+        assert row["excluded_seen"] > 100
+        scored = {r["index"] for r in read_csv(tmp_path / "board" / f"{row['job']}_{'ab'[int(row['job'])]}"
+                                               / "predictions.csv")}
+        assert scored and not scored & seen
+    with pytest.raises(UserError, match="other classes"):
+        run_sweep_eval(sweep, tmp_path / "other", dataset_cfg=group("synthetic"), device="cpu", num_workers=0)
+
+
 # ------------------------------------------------------------------------------------------------ 13. values
 @pytest.mark.parametrize("key,value", [("topk", 0), ("topk", -1), ("topk", 2.5), ("topk", "five"),
                                        ("batch_size", 0), ("batch_size", -8), ("batch_size", 10 ** 20),

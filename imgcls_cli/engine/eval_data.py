@@ -174,8 +174,8 @@ def seen_keys(checkpoint: str, ckpt: dict[str, Any], ds_cfg: dict[str, Any], eva
             return run, set()  # other images: indices of another dataset, or paths against indices
         return run, {run.key(i) for i in run.ids(*SEEN[split])}
     path_ids = id_column == "path"
-    if family(ds_cfg.get("name")) != family(trained.get("name")) and not path_ids:
-        return None, set()  # another dataset's images
+    if family(ds_cfg.get("name")) != family(trained.get("name")) and (not path_ids or file_base(trained) is None):
+        return None, set()  # another dataset's images: indices of another dataset, or files the run did not read
     seed = ckpt["config"].get("seed", 0)
     if _split_settings(ds_cfg, eval_seed, path_ids) == _split_settings(trained, seed, path_ids):
         return None, set()  # the run's split, made again from its own settings (seed, fractions, folds)
