@@ -97,13 +97,16 @@ def check_archive(path: Path) -> None:
     """Refuse, from the zip's central directory alone, what torch.load would inflate: torch.save writes every entry
     stored (uncompressed), so the entries can never add up to more than the file holds. A compressed entry, or
     sizes beyond the file's, is a zip bomb or damage."""
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise UserError(f"cannot read the checkpoint {path}: {exc.strerror or exc}.") from None
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        with open(path, "rb") as f:
-            head = f.read(4)
         if head.startswith(b"PK"):
             raise UserError(f"{path} is not a readable imgcls checkpoint (truncated, damaged or not a checkpoint: "
                             f"{str(exc).rstrip('.') or exc.__class__.__name__}).") from None
