@@ -214,6 +214,25 @@ def test_an_ensemble_leaves_out_what_any_member_learned_from(digits_run, tmp_pat
         assert len(read_csv(tmp_path / "ens" / "members" / member / "predictions.csv")) == len(scored)
 
 
+def test_an_image_folder_split_again_leaves_out_the_runs_files_by_path(folder_run, tmp_path):
+    """Path ids: the run's train and val files (by their real paths) are never scored under another split."""
+    metrics = evaluate(folder_run / "checkpoints" / "best.pt", tmp_path,
+                       dataset_cfg={"name": "imagefolder", "test_fraction": 0.5}, dataset_keys=["test_fraction"])
+    run = split_ids(folder_run)
+    scored = {r["path"] for r in read_csv(tmp_path / "predictions.csv")}
+    assert scored and not scored & (set(run["train"]) | set(run["val"]))
+    assert metrics["excluded_seen"] > 0 and metrics["num_samples"] == len(scored)
+
+
+def test_a_damaged_splits_file_beside_the_checkpoint_is_one_line(digits_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(digits_run / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
+    (run / "splits.csv").write_text("id;where\n1;train\n")
+    with pytest.raises(UserError, match="is not a training run's splits file"):
+        evaluate(run / "checkpoints" / "best.pt", tmp_path / "eval")
+
+
 # ------------------------------------------------------------------------------------------------ 6. unread files
 def test_deleted_test_files_are_counted_and_listed(folder_run, tmp_path, caplog):
     test = split_ids(folder_run)["test"]

@@ -122,20 +122,33 @@ def _training_cwd(run_dir: Path) -> Path | None:
     return Path(cwd) if isinstance(cwd, str) and cwd else None
 
 
-def read_run_splits(checkpoint: str | Path, trained_cfg: dict[str, Any]) -> RunSplits | None:
-    """The splits.csv of the checkpoint's training run, or None where there is none."""
-    path = splits_beside(checkpoint)
-    if not path.is_file():
-        return None
+def _read_splits(path: Path, header_only: bool = False) -> list[list[str]]:
+    """The rows of a run's splits.csv (its header first), or a one-line error where it is not one."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            rows = [next(reader, [])] if header_only else list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read the training run's splits file {path}: {exc}") from None
     header = [h.strip() for h in rows[0]] if rows else []
     if len(header) < 2 or header[0] not in ID_COLUMNS or header[1] != "split":
         raise UserError(f"{path} is not a training run's splits file (its header is {','.join(header) or 'empty'}, "
                         "not index,split or path,split); restore it, or move the checkpoint out of that folder.")
+    return rows
+
+
+def check_splits_file(path: Path) -> None:
+    """A one-line error where the splits.csv beside a checkpoint is not a run's splits file."""
+    _read_splits(path, header_only=True)
+
+
+def read_run_splits(checkpoint: str | Path, trained_cfg: dict[str, Any]) -> RunSplits | None:
+    """The splits.csv of the checkpoint's training run, or None where there is none."""
+    path = splits_beside(checkpoint)
+    if not path.is_file():
+        return None
+    rows = _read_splits(path)
+    header = [h.strip() for h in rows[0]]
     split_of = {row[0]: row[1] for row in rows[1:] if len(row) >= 2}
     base = file_base(trained_cfg, _training_cwd(path.parent)) if header[0] == "path" else None
     return RunSplits(path, header[0], split_of, base)

@@ -18,8 +18,8 @@ from imgcls_cli.data.datasets import SPLITS, load_dataset
 from imgcls_cli.data.loader import StreamLoader, make_loader, read_ids, resolve_workers
 from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
                                       use_channels_last)
-from imgcls_cli.engine.eval_data import (MISSING, SEEN, Unread, class_mapping, eval_keys, few, seen_keys, splits_beside,
-                                         unread_of_run_split)
+from imgcls_cli.engine.eval_data import (MISSING, SEEN, Unread, check_splits_file, class_mapping, eval_keys, few,
+                                         seen_keys, splits_beside, unread_of_run_split)
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError, as_int
 from imgcls_cli.models import MODELS, create_model
@@ -80,6 +80,7 @@ def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | N
     # The training run's splits.csv: the same images in each split, even where files were added since.
     splits_file = splits_beside(checkpoint) if checkpoint else None
     if same and splits_file and splits_file.is_file() and not set(dataset_keys or []) & SPLIT_KEYS:
+        check_splits_file(splits_file)
         cfg["splits_file"] = str(splits_file)
     return cfg
 
