@@ -267,7 +267,9 @@ def check_weights(ckpt: dict[str, Any]) -> None:
         if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
             raise Damaged(f"state_dict[{key!r}] claims {tensor.numel()} values over a storage of "
                           f"{tensor.untyped_storage().nbytes()} bytes")
-    expected = model_shapes(ckpt["model"]["name"], ckpt["model"].get("kwargs", {}), len(state))
+    inp = ckpt["input"]
+    expected = model_shapes(ckpt["model"]["name"], ckpt["model"].get("kwargs", {}), len(state),
+                            (inp["channels"], inp["size"], len(ckpt["classes"])))
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
@@ -282,17 +284,26 @@ def check_weights(ckpt: dict[str, Any]) -> None:
             raise Damaged(f"it holds non-finite weights (NaN or infinity) in {key}")
 
 
-def model_shapes(name: str, kwargs: dict[str, Any], num_tensors: int) -> dict[str, tuple[int, ...]]:
+def model_shapes(name: str, kwargs: dict[str, Any], num_tensors: int,
+                 io: tuple[int, int, int] | None = None) -> dict[str, tuple[int, ...]]:
     """The state-dict shapes of registered model `name` built with `kwargs`, on the meta device (no memory for
     weights). A build that registers far more tensors than the checkpoint holds is stopped early, so absurd
-    depths cannot exhaust the machine either; a build that fails is Damaged, in one line."""
+    depths cannot exhaust the machine either; a build that fails is Damaged, in one line.
+
+    io: (channels, size, classes): the model must also take a batch of that input and give one score per class
+    (run on the meta device too: shapes only, no arithmetic)."""
     from imgcls_cli.models import create_model
 
     limit = 4 * num_tensors + 1000
     try:
-        with torch.device("meta"), _registration_limit(limit):
-            model = create_model(name, for_checkpoint=True, **kwargs)
+        with torch.device("meta"):
+            with _registration_limit(limit):
+                model = create_model(name, for_checkpoint=True, **kwargs)
+            if io is not None:
+                _check_runs_at(model.eval(), name, *io)
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    except Damaged:
+        raise
     except _TooBig:
         raise Damaged(f"its model kwargs describe a model of more than {limit} tensors, far more than the "
                       f"{num_tensors} it holds") from None
@@ -301,6 +312,19 @@ def model_shapes(name: str, kwargs: dict[str, Any], num_tensors: int) -> dict[st
     except Exception as exc:  # a builder's TypeError/ValueError/RuntimeError on values it cannot take
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise Damaged(f"model '{name}' cannot be built from its kwargs ({first})") from None
+
+
+def _check_runs_at(model: torch.nn.Module, name: str, channels: int, size: int, classes: int) -> None:
+    try:
+        with torch.no_grad():
+            out = model(torch.empty(2, channels, size, size, device="meta"))
+    except Exception as exc:  # a layer that does not fit the input (too small an image, a wrong flattened size)
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise Damaged(f"model '{name}' cannot take its input of {channels}x{size}x{size} images ({first})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise Damaged(f"model '{name}' gives outputs of shape {shape} for a batch of 2, not one score for each of "
+                      f"its {classes} classes")
 
 
 class _TooBig(Exception):

@@ -379,6 +379,22 @@ def test_a_hand_made_checkpoint_is_refused_in_one_line(name, tmp_path):
     assert re.search(expected, message) or expected in message, message
 
 
+def test_a_model_that_cannot_take_the_checkpoints_input_is_refused(tmp_path):
+    """LeNet-5's first dense layer is sized for its image_size: an input.size that differs would fail in the
+    middle of eval or predict; the model is run on the meta device first (shapes only)."""
+    kwargs = {"num_classes": 3, "in_channels": 1, "image_size": 32}
+    ckpt = {**payload(), "model": {"name": "lenet5", "kwargs": kwargs},
+            "state_dict": create_model("lenet5", **kwargs).state_dict(),
+            "input": {"channels": 1, "size": 64, "mean": [0.5], "std": [0.25]}}
+    save_checkpoint(ckpt, tmp_path / "lenet.pt")
+    with pytest.raises(UserError, match=r"damaged checkpoint: .*lenet\.pt: model 'lenet5' cannot take its input "
+                                        r"of 1x64x64 images"):
+        load_checkpoint(tmp_path / "lenet.pt")
+    ckpt["input"]["size"] = 32
+    save_checkpoint(ckpt, tmp_path / "lenet.pt")
+    assert load_checkpoint(tmp_path / "lenet.pt")["model"]["name"] == "lenet5"
+
+
 def test_a_good_hand_made_checkpoint_loads(tmp_path):
     save_checkpoint(payload(), tmp_path / "good.pt")
     ckpt = load_checkpoint(tmp_path / "good.pt")
