@@ -126,9 +126,15 @@ def unresumable_changes(saved: dict[str, Any], cfg: dict[str, Any], explicit_key
     images, classes and splits), the optimizer's kind (its state), domain adaptation's classifier. A size or
     channel count the run chooses by itself (dataset.image_size=auto, a model's own resolution) is compared only
     when given on the command line."""
-    found = _differences("model", saved.get("model"), cfg.get("model"))
+    def group(name: str) -> list[tuple[str, Any, Any]]:  # another option of the group: its name says it all
+        was, now = saved.get(name) or {}, cfg.get(name) or {}
+        if was.get("name") != now.get("name"):
+            return [(f"{name}.name", was.get("name"), now.get("name"))]
+        return _differences(name, was, now)
+
+    found = group("model")
     chosen = {"image_size", "channels"}
-    for key, was, now in _differences("dataset", saved.get("dataset"), cfg.get("dataset")):
+    for key, was, now in group("dataset"):
         leaf = key.split(".", 2)[1]
         if leaf in CARRY_OVER_DATASET_KEYS or (leaf in chosen and key not in explicit_keys):
             continue
@@ -296,8 +302,9 @@ def bn_calibration_loader(bn: precise_bn.Options, model: nn.Module, bundle: Data
     positions = precise_bn.sample_positions(len(train), bn.images, seed)
     images = train.images[positions] if train.in_memory else train.images.take(positions.numpy())
     per_rank = -(-len(positions) // shard[1])
+    args = {**loader_args, "num_workers": min(loader_args["num_workers"], 2)}  # a small pass: few workers
     batches = make_loader(images, train.labels[positions], max(1, min(batch_size, per_rank)), bundle.mean,
-                          bundle.std, drop_last=True, shard=shard, pad_shards=True, **loader_args)
+                          bundle.std, drop_last=True, shard=shard, pad_shards=True, **args)
     when = "after every epoch" if bn.when is True else f"after each epoch while fewer than {precise_bn.AUTO_STEPS} " \
                                                       "optimizer steps are taken"
     log.info(f"bn_recalibrate={'true' if bn.when is True else bn.when}: batch-norm statistics recomputed over "
