@@ -128,6 +128,23 @@ def release(run_dir: Path | str) -> None:
     os.close(fd)
 
 
+def in_use(run_dir: Path) -> bool:
+    """Whether a live process holds run_dir (its lock file names a running pid); nothing is locked to find out."""
+    try:
+        text = (run_dir / LOCK_NAME).read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return False
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 @atexit.register
 def release_all() -> None:
     for key in list(_held):
@@ -280,17 +297,27 @@ def check_run_dir(run_dir: Path, cfg: dict[str, Any], overwrite: bool) -> list[P
     if found is None:
         return []
     if not overwrite:
-        if status == "interrupted" and last.is_file():
-            raise UserError(f"run directory {run_dir} holds an interrupted run ({found}); continue it with "
+        if last.is_file() and status not in ("completed", "diverged"):
+            raise UserError(f"run directory {run_dir} holds a run that did not finish ({found}); continue it with "
                             f"resume={run_dir}, or add overwrite=true to replace it.")
         raise UserError(f"run directory {run_dir} already holds a finished run ({found}); choose another "
                         "hydra.run.dir, or add overwrite=true to replace it.")
-    read = inputs_inside(cfg, run_dir)
-    if read:
-        raise UserError(f"overwrite=true would delete {read[0]} in {run_dir}, which this run reads; copy it "
-                        "elsewhere first, or choose another hydra.run.dir.")
-    clear(run_dir)
+    empty_for_reuse(run_dir, cfg, "hydra.run.dir")
     return []
+
+
+def empty_for_reuse(folder: Path, cfg: dict[str, Any], key: str) -> None:
+    """overwrite=true: remove what an earlier run left in folder, which must be a run's (Hydra's .hydra/ in it or in
+    its jobs' folders) and hold nothing this run reads."""
+    if not ((folder / ".hydra").is_dir() or (folder / "multirun.yaml").is_file()
+            or any((p / ".hydra").is_dir() for p in folder.iterdir() if p.is_dir())):
+        raise UserError(f"{key}={folder} holds files that are not an imgcls run's (no .hydra/ folder); "
+                        f"overwrite=true empties only run directories: choose another {key}.")
+    read = inputs_inside(cfg, folder)
+    if read:
+        raise UserError(f"overwrite=true would delete {read[0]} in {folder}, which this run reads; copy it "
+                        f"elsewhere first, or choose another {key}.")
+    clear(folder)
 
 
 def _refuse(exc: UserError) -> NoReturn:
@@ -346,11 +373,7 @@ class RunDirGuard(Callback):
                 raise UserError(f"sweep directory {sweep_dir} already holds a sweep ({found}); choose another "
                                 "hydra.sweep.dir, or add overwrite=true to replace it.")
             if found:
-                read = inputs_inside(_task(config), sweep_dir)
-                if read:
-                    raise UserError(f"overwrite=true would delete {read[0]} in {sweep_dir}, which this sweep "
-                                    "reads; copy it elsewhere first, or choose another hydra.sweep.dir.")
-                clear(sweep_dir)
+                empty_for_reuse(sweep_dir, _task(config), "hydra.sweep.dir")
         except BaseException:
             release(sweep_dir)
             raise

@@ -86,26 +86,35 @@ def test_two_runs_into_one_directory_at_once_one_is_refused_and_the_other_is_int
     assert not (run_dir / LOCK).exists()  # let go when the run ended
 
 
-def test_a_lock_dies_with_its_process(tmp_path):
-    """SIGKILL gives no chance to clean up: the kernel drops the flock with the process, so the directory is free."""
+def test_a_lock_dies_with_its_process_and_resume_auto_leaves_a_live_run_alone(tmp_path):
+    """SIGKILL gives no chance to clean up: the kernel drops the flock with the process, so the directory is free.
+    While the process lives, resume=auto does not pick its run."""
+    from imgcls_cli.commands.resume import newest_unfinished
+    from imgcls_cli.errors import UserError
     from imgcls_cli.runlock import acquire, release
 
+    run_dir = tmp_path / "outputs" / "train" / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    (run_dir / "summary.json").write_text('{"status": "running"}\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
                                "from imgcls_cli.runlock import acquire; acquire(Path(sys.argv[1])); "
-                               "print('held', flush=True); time.sleep(120)", str(tmp_path)],
+                               "print('held', flush=True); time.sleep(120)", str(run_dir)],
                               stdout=subprocess.PIPE, env=cli_env())
     try:
         assert holder.stdout.readline().strip() == b"held"
-        from imgcls_cli.errors import UserError
-
         with pytest.raises(UserError, match=rf"in use by another run \(pid {holder.pid}\)"):
-            acquire(tmp_path)
+            acquire(run_dir)
+        assert newest_unfinished(run_dir.parent, []) is None  # it is being trained: not a run to continue
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    acquire(tmp_path)  # the stale lock file is there, its lock is not
-    release(tmp_path)
-    assert not (tmp_path / LOCK).exists()
+    assert (run_dir / LOCK).exists() and newest_unfinished(run_dir.parent, []) == run_dir
+    acquire(run_dir)  # the stale lock file is there, its lock is not
+    release(run_dir)
+    assert not (run_dir / LOCK).exists()
 
 
 # ============================================================================================ (a) unique directories
@@ -193,6 +202,9 @@ def test_resume_removes_the_temporary_files_interrupted_writes_left(finished, tm
         path.write_bytes(b"partial")
     keep = run_dir / ".notes.tmp"
     keep.write_text("not a temporary file of an atomic write")
+    rerun = run_cli("train", *ONE_EPOCH, f"hydra.run.dir={run_dir}", cwd=tmp_path)  # not a resume: refused
+    assert_user_error(rerun, "did not finish", f"resume={run_dir}", "overwrite=true")
+    assert all(p.exists() for p in stale)
     result = run_cli("train", *ONE_EPOCH, "ema.decay=0.9", f"resume={run_dir}", cwd=tmp_path)
     assert_ok(result)
     assert "removed 3 temporary file(s)" in result.stdout
@@ -210,6 +222,11 @@ def test_unusable_directories_are_one_line(tmp_path, finished):
     (eval_dir / "metrics.json").write_text('{"accuracy": 0.5}\n')
     before = {"sweep": snapshot(sweep), "eval": snapshot(eval_dir)}
     (tmp_path / "a_file").write_text("not a folder")
+    project = tmp_path / "project"  # a user's folder that happens to hold a checkpoint: not a run directory
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "checkpoints" / "model.pt").write_bytes(b"weights")
+    (project / "notes.txt").write_text("mine")
+    before["project"] = snapshot(project)
     ckpt = f"checkpoint={finished / 'checkpoints' / 'best.pt'}"
     long_name = "outputs/" + "r" * 300
     results = run_many({
@@ -223,6 +240,7 @@ def test_unusable_directories_are_one_line(tmp_path, finished):
         "sweep_done": (["train", "-m", "seed=0,1", *ONE_EPOCH, f"hydra.sweep.dir={sweep}"], tmp_path),
         "eval_done": (["eval", ckpt, f"hydra.run.dir={eval_dir}"], tmp_path),
         "cfg": (["train", "--cfg", "job"], tmp_path / "printing"),
+        "not_a_run": (["train", *ONE_EPOCH, "overwrite=true", f"hydra.run.dir={project}"], tmp_path),
     })
     assert_user_error(results["proc"], "/proc/imgcls/run", "cannot create")
     assert_user_error(results["sys"], "/sys/imgcls-run", "cannot create")
@@ -233,6 +251,31 @@ def test_unusable_directories_are_one_line(tmp_path, finished):
     assert_user_error(results["sweep_proc"], "hydra.sweep.dir", "cannot create")
     assert_user_error(results["sweep_done"], str(sweep), "already holds a sweep", "overwrite=true")
     assert_user_error(results["eval_done"], "metrics.json", "overwrite=true")
-    assert {"sweep": snapshot(sweep), "eval": snapshot(eval_dir)} == before
+    assert_user_error(results["not_a_run"], "not an imgcls run", "overwrite=true empties only run directories")
+    assert {"sweep": snapshot(sweep), "eval": snapshot(eval_dir), "project": snapshot(project)} == before
     assert_ok(results["cfg"])
     assert not (tmp_path / "printing" / "outputs").exists()  # printing the config makes no run directory
+
+
+def test_overwrite_true_empties_a_finished_sweep_directory_before_the_sweep_starts(tmp_path):
+    """What `imgcls train -m ... hydra.sweep.dir=DIR overwrite=true` does before its first job (in-process: the
+    callback the sweep runs); without overwrite=true the same call refuses (the CLI refusal is tested above)."""
+    from omegaconf import OmegaConf
+
+    from imgcls_cli.runlock import RunDirGuard, release
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0_seed-0" / ".hydra").mkdir(parents=True)
+    (sweep / "0_seed-0" / "summary.json").write_text('{"status": "completed"}\n')
+    (sweep / "multirun.yaml").write_text("old: sweep\n")
+    config = OmegaConf.create({"overwrite": False, "seed": 0, "hydra": {"sweep": {"dir": str(sweep)}}})
+    with pytest.raises(SystemExit) as refused:
+        RunDirGuard().on_multirun_start(config)
+    assert refused.value.code == 2 and (sweep / "multirun.yaml").is_file() and not (sweep / LOCK).exists()
+    config.overwrite = True
+    RunDirGuard().on_multirun_start(config)
+    try:
+        assert sorted(p.name for p in sweep.iterdir()) == [LOCK]  # the old jobs are gone, the new sweep holds it
+    finally:
+        release(sweep)
+    assert list(sweep.iterdir()) == []

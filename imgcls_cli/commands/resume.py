@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from imgcls_cli.errors import UserError
+from imgcls_cli.runlock import in_use
 
 UNFINISHED = {"running", "interrupted", "failed"}
 
@@ -25,7 +26,8 @@ def _settings(overrides: list[str]) -> list[str]:
 
 
 def newest_unfinished(root: Path, overrides: list[str]) -> Path | None:
-    """The newest run under root with a last.pt, a status that is not finished, and these same overrides."""
+    """The newest run under root with a last.pt, a status that is not finished, these same overrides, and no live
+    process training it."""
     wanted = _settings(overrides)
     runs = sorted(root.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for last in runs:
@@ -36,7 +38,7 @@ def newest_unfinished(root: Path, overrides: list[str]) -> Path | None:
             saved = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
         except (OSError, ValueError, yaml.YAMLError):
             continue
-        if status in UNFINISHED and _settings([str(o) for o in saved]) == wanted:
+        if status in UNFINISHED and _settings([str(o) for o in saved]) == wanted and not in_use(run):
             return run
     return None
 
