@@ -62,7 +62,7 @@ def claim(base: str) -> str:
 def unique_dir(base: str) -> str:
     """The `imgcls.unique` resolver: the directory claimed for base in this process (claimed on first use)."""
     base = str(base)
-    if PRINT_ONLY & set(sys.argv[1:]):  # --cfg, --help, --info: the config is printed, no run starts
+    if any(arg.split("=", 1)[0] in PRINT_ONLY for arg in sys.argv[1:]):  # --cfg, --help, --info: no run starts
         return base
     key = (os.getcwd(), base)
     if key not in _claimed:
