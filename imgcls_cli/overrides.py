@@ -24,7 +24,7 @@ from imgcls_cli.paths import CONF_DIR
 MAX_OPTION_CHARS = 4096  # an option longer than a path may be (PATH_MAX) is a mistake; lists go in files
 MAX_NAME_CHARS = 200  # a config option is a file name: <= 255 bytes with .yaml, on every file system
 MAX_SWEEP_CONFIGS = 64  # group choices of a sweep composed to check its keys
-# Where keys no config file lists are taken, and who checks them:
+# Where keys no config file lists are taken, and who checks them (hydra.* keys are Hydra's own to check):
 FREE_KEYS = {
     "dataset": "eval without dataset=: the keys of any dataset option or the shared ones (train.yaml's dataset:), "
                "applied to the checkpoint's own dataset",
