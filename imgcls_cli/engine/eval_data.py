@@ -159,7 +159,7 @@ def _split_settings(cfg: dict[str, Any], seed: Any, path_ids: bool) -> dict[str,
     ignore = NOT_SPLITTING | (set() if path_ids else LOCATION) | {"name", "split_seed"}
     settings = {k: v for k, v in cfg.items() if k not in ignore and v is not None}
     split_seed = cfg.get("split_seed")
-    settings["<seed>"] = int(seed) if split_seed is None else int(split_seed)
+    settings["<seed>"] = seed if split_seed is None else split_seed
     settings["<family>"] = family(cfg.get("name"))
     return settings
 
