@@ -2,7 +2,7 @@
 
 - `${imgcls.unique:PATH}` (the default hydra.run.dir / hydra.sweep.dir) claims PATH with os.mkdir, or PATH_2,
   PATH_3, ... when another run took it first: two runs started in the same second never share a directory.
-  The claim is made once per process and PATH (Hydra resolves the key more than once, and a sweep's jobs
+  The claim is made once per run and PATH (Hydra resolves the key more than once, and a sweep's jobs
   re-compose it); the value travels in the config's resolver cache to a launcher's worker processes.
 - RunDirGuard, a Hydra callback, runs before Hydra writes anything into the directory (.hydra/, the log):
   it creates the directory, takes an fcntl.flock on `.imgcls.lock` inside it (held while the run lasts and
@@ -35,7 +35,7 @@ RESULTS = ("metrics.json", "predictions.csv", "leaderboard.csv")  # what an eval
 SWEEP_RESULTS = ("summary.csv", "multirun.yaml", "optimization_results.yaml")
 PRINT_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
 
-_claimed: dict[tuple[str, str], str] = {}  # (cwd, PATH) -> the directory this process claimed for it
+_claimed: dict[tuple[str, str], str] = {}  # (cwd, PATH) -> the directory claimed for the run under way
 _held: dict[str, int] = {}  # absolute run directory -> the locked file descriptor
 
 
@@ -60,7 +60,8 @@ def claim(base: str) -> str:
 
 
 def unique_dir(base: str) -> str:
-    """The `imgcls.unique` resolver: the directory claimed for base in this process (claimed on first use)."""
+    """The `imgcls.unique` resolver: the directory claimed for base by the run under way (claimed on first use,
+    the same however often it is resolved)."""
     base = str(base)
     if any(arg.split("=", 1)[0] in PRINT_ONLY for arg in sys.argv[1:]):  # --cfg, --help, --info: no run starts
         return base
@@ -117,8 +118,13 @@ def acquire(run_dir: Path, what: str = "run directory") -> None:
 
 
 def release(run_dir: Path | str) -> None:
-    """Let go of run_dir's lock (a no-op where this process holds none); the lock file goes with it."""
-    fd = _held.pop(str(Path(run_dir).resolve()), None)
+    """Let go of run_dir's lock (a no-op where this process holds none); the lock file goes with it. A later run
+    in this process (the CLI called in-process) claims a directory of its own, no longer this one."""
+    key = str(Path(run_dir).resolve())
+    for claimed_key, claimed in list(_claimed.items()):
+        if str((Path(claimed_key[0]) / claimed).resolve()) == key:
+            del _claimed[claimed_key]
+    fd = _held.pop(key, None)
     if fd is None:
         return
     try:

@@ -279,3 +279,17 @@ def test_overwrite_true_empties_a_finished_sweep_directory_before_the_sweep_star
     finally:
         release(sweep)
     assert list(sweep.iterdir()) == []
+
+
+def test_runs_one_after_the_other_in_one_process_get_a_directory_each(tmp_path, monkeypatch):
+    """The CLI called in-process (as the docs check does): a second run in the same second claims its own."""
+    from imgcls_cli.runlock import acquire, release, unique_dir
+
+    monkeypatch.chdir(tmp_path)
+    first = unique_dir("outputs/eval/2030-01-01_00-00-00")
+    assert unique_dir("outputs/eval/2030-01-01_00-00-00") == first  # resolved again during the same run
+    acquire(Path(first))
+    release(Path(first))  # the run ended
+    second = unique_dir("outputs/eval/2030-01-01_00-00-00")
+    assert second == f"{first}_2" and (tmp_path / second).is_dir()
+    release(Path(second))
