@@ -6,8 +6,8 @@ Each benchmark script runs `--repeats` times (1 with --quick, which also makes e
 table it prints is read back and every numeric cell becomes the median over the repeats. Ratios against a
 baseline are cells of a script's own table, so each is measured in the same run as its baseline, and the median
 of those ratios is reported. Writes benchmarks/results/<machine>.json (the medians and every repeat's table) and
-benchmarks/results/<machine>.md, and prints the markdown; --readme also writes it into README.md's performance
-section; --only keeps the results already on file for the other benchmarks; --render runs nothing.
+benchmarks/results/<machine>.md, and prints the markdown; --readme also writes it into docs/benchmarks.md, between
+its markers; --only keeps the results already on file for the other benchmarks; --render runs nothing.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def main() -> None:
                         help="run these benchmarks only; the others' results already on file are kept")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--readme", action="store_true",
-                        help=f"also put the tables into README.md, between {README_START} and {README_END}")
+                        help=f"also put the tables into docs/benchmarks.md, between {README_START} and {README_END}")
     parser.add_argument("--render", action="store_true", help="run nothing: write the .md (and README) from the .json")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
