@@ -115,16 +115,19 @@ def test_bad_bn_recalibrate_settings_are_user_errors():
 
 
 def test_a_quick_digits_run_learns_and_best_pt_holds_the_statistics_it_was_scored_with(tmp_path):
-    """A few dozen optimizer steps: validation and test no longer score at chance (0.10) with running statistics
-    that saw ~10 steps; eval of best.pt gives train's test accuracy."""
+    """The docs' quick run: validation and test no longer score at chance (0.10) with running statistics that saw
+    ~10 steps (batch_size=auto takes 18 images a step for 300 training images, and batch norm is recalibrated);
+    best.pt, run again here in fp32 as the run was, gives train's test accuracy."""
     from imgcls_cli.checkpoint import load_checkpoint
     from imgcls_cli.data.datasets import load_dataset
     from imgcls_cli.engine.inference import model_from_checkpoint
 
     run_dir = tmp_path / "quick"
-    result = run_cli("train", "dataset.max_train_samples=300", "epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = run_cli("train", "dataset.max_train_samples=300", "epochs=2", "precision=fp32", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert_ok(result)
     summary = read_json(run_dir / "summary.json")
+    assert summary["batch_size"] == 18
+    assert "batch_size auto: 18 (300 training images" in (run_dir / "train.log").read_text()
     assert summary["test_accuracy"] >= 0.85
     assert float(read_csv(run_dir / "metrics.csv")[-1]["val_accuracy"]) >= 0.85
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
@@ -136,6 +139,21 @@ def test_a_quick_digits_run_learns_and_best_pt_holds_the_statistics_it_was_score
     with torch.no_grad():
         correct = int((model(x).argmax(1) == test.labels).sum())
     assert correct == round(summary["test_accuracy"] * len(test))
+
+
+def test_batch_size_auto_keeps_64_unless_the_training_split_is_small():
+    """auto: 64 images a step, fewer so that a small training split still takes about 16 steps an epoch (never
+    under 16 images a step); a number is taken as it is, anything else is one line."""
+    from imgcls_cli.engine.train import auto_batch_size, batch_size_setting
+
+    assert auto_batch_size(1169) == 64 and auto_batch_size(60000) == 64
+    assert auto_batch_size(300) == 18 and -(-300 // 18) >= 16
+    assert auto_batch_size(100) == 16 and auto_batch_size(1) == 16
+    assert auto_batch_size(600, world_size=2) == 18  # each process its share
+    assert batch_size_setting({"batch_size": "auto"}) is None and batch_size_setting({"batch_size": 32}) == 32
+    for bad in (0, -1, "big", 2.5):
+        with pytest.raises(UserError, match="batch_size"):
+            batch_size_setting({"batch_size": bad})
 
 
 def test_training_continues_from_its_running_statistics_and_last_pt_keeps_both(tmp_path):

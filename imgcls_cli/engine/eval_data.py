@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from imgcls_cli.errors import UserError
+from imgcls_cli.rundir import unescape_cell
 
 log = logging.getLogger("imgcls")
 
@@ -128,6 +129,7 @@ def _read_splits(path: Path, header_only: bool = False) -> list[list[str]]:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             rows = [next(reader, [])] if header_only else list(reader)
+        rows = [[unescape_cell(cell) for cell in row] for row in rows]  # ids as the run gave them (write_csv quotes)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read the training run's splits file {path}: {exc}") from None
     header = [h.strip() for h in rows[0]] if rows else []
@@ -174,7 +176,7 @@ def seen_keys(checkpoint: str, ckpt: dict[str, Any], ds_cfg: dict[str, Any], eva
     """(the run's splits, the keys of the images the checkpoint learned from that an eval of ds_cfg's `split`
     could hold): empty where the eval's split is the run's own, or the eval's images cannot be the run's.
     A one-line error where the run's splits are unknown and the images could be the run's."""
-    trained = ckpt["config"]["dataset"]
+    trained = ckpt["config"].get("dataset") or {}
     run = read_run_splits(checkpoint, trained)
     if split not in SEEN:
         return run, set()  # split=train: the images the model learned from, as asked

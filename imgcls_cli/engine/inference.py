@@ -34,10 +34,7 @@ MAX_BATCH_SIZE = 65536  # images per forward pass: more is a typo, and an alloca
 
 def check_batch_size(value: Any, key: str = "batch_size") -> int:
     """A batch size as a whole number in 1..MAX_BATCH_SIZE, or a one-line error naming the key."""
-    size = as_int(value, key, minimum=1)
-    if size > MAX_BATCH_SIZE:
-        raise UserError(f"{key} must be at most {MAX_BATCH_SIZE}, not {size}.")
-    return size
+    return as_int(value, key, minimum=1, maximum=MAX_BATCH_SIZE)
 
 
 def check_topk(value: Any) -> int:
@@ -67,7 +64,12 @@ def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | N
     The checkpoint's own dataset keeps its training settings (split fractions, seed) except the keys the user
     set (dataset_keys), so split=test is the same test split; another dataset comes as configured.
     """
-    trained = ckpt["config"]["dataset"]
+    trained = ckpt["config"].get("dataset")
+    if not isinstance(trained, dict):
+        if not dataset_cfg or not dataset_cfg.get("name"):
+            raise UserError(f"{checkpoint or 'the checkpoint'} records no dataset it was trained on: give the dataset "
+                            "to evaluate on (dataset=NAME).")
+        trained = {}
     # +dataset.KEY=VALUE alone (no dataset=NAME) changes a key of the checkpoint's own dataset.
     same = not dataset_cfg or dataset_cfg.get("name", trained.get("name")) == trained.get("name")
     if dataset_cfg is None:

@@ -17,7 +17,7 @@ from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.data.decode import DecodeError, decode_image, list_images
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision
-from imgcls_cli.engine.inference import model_from_checkpoint
+from imgcls_cli.engine.inference import check_batch_size, check_topk, model_from_checkpoint
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
 from imgcls_cli.plots import plot_image_grid
@@ -130,10 +130,7 @@ def run_predict(
     output: str | None = None,
 ) -> dict[str, Any]:
     """Predict every input file; write predictions.csv (or `output`); return counts and the file written."""
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise UserError(f"topk must be a positive whole number, not {topk!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"batch_size must be a positive whole number, not {batch_size!r}.")
+    topk, batch_size = check_topk(topk), check_batch_size(batch_size)
     ckpt = load_checkpoint(checkpoint)
     paths = resolve_inputs(inputs)
     dev = resolve_device(device)

@@ -31,7 +31,7 @@ from imgcls_cli.engine.finetune import (EncoderFreezer, finetune_options, l2sp_p
 from imgcls_cli.engine.device import (auto_precision_for_model, autocast, resolve_device, resolve_precision,
                                       use_channels_last)
 from imgcls_cli.engine.fit import EpochResult, NonFiniteLoss, Running, StepOptions, predict_logits, train_one_epoch
-from imgcls_cli.engine.inference import check_tta, predict_probs
+from imgcls_cli.engine.inference import check_batch_size, check_tta, predict_probs
 from imgcls_cli.engine.reports import write_eval_reports, write_skipped_files
 from imgcls_cli.errors import DivergedError, UserError, as_float, as_int
 from imgcls_cli.models import create_model
@@ -54,6 +54,22 @@ MAX_SEED = 2**32 - 1
 
 def positive_int(cfg: dict[str, Any], key: str) -> int:
     return as_int(cfg.get(key), key, minimum=1)
+
+
+AUTO_BATCH, AUTO_MIN_BATCH, AUTO_STEPS = 64, 16, 16
+
+
+def batch_size_setting(cfg: dict[str, Any]) -> int | None:
+    """batch_size: a whole number >= 1, or auto (None: chosen once the training split's size is known)."""
+    return None if cfg.get("batch_size") == "auto" else check_batch_size(cfg.get("batch_size"))
+
+
+def auto_batch_size(n_train: int, world_size: int = 1) -> int:
+    """batch_size=auto: 64 images a step, fewer when the training split is small, so that an epoch takes about
+    AUTO_STEPS optimizer steps (never fewer than 16 images a step). A quick run on a few hundred images otherwise
+    takes a handful of steps an epoch, too few to learn from."""
+    per_rank = -(-n_train // world_size)
+    return max(AUTO_MIN_BATCH, min(AUTO_BATCH, per_rank // AUTO_STEPS))
 
 
 def seed_everything(seed: int) -> None:
@@ -525,11 +541,18 @@ def load_resume_state(run: Run) -> None:
                             f"{shown}; resume with the settings it was trained with, or start a new run (no "
                             "resume=).")
     run.resume_state = state
+    # What auto chose when the run started is kept: the files of a folder may have changed since.
+    dataset = run.cfg["dataset"]
+    for key, field in (("image_size", "size"), ("channels", "channels")):
+        if dataset.get(key) == "auto":
+            dataset[key] = int(state["input"][field])
+    if run.cfg.get("batch_size") == "auto" and isinstance((state.get("config") or {}).get("batch_size"), int):
+        run.cfg["batch_size"] = state["config"]["batch_size"]
 
 
 def _fit(run: Run) -> None:
     cfg, run_dir = run.cfg, run.run_dir
-    epochs, batch_size = positive_int(cfg, "epochs"), positive_int(cfg, "batch_size")
+    epochs, batch_size = positive_int(cfg, "epochs"), batch_size_setting(cfg)
     eval_batch_size = positive_int(cfg, "eval_batch_size")
     seed = as_int(cfg["seed"], "seed", minimum=0, maximum=MAX_SEED)
     # Check every setting before the (possibly slow) data loading, so a typo fails at once.
@@ -559,17 +582,16 @@ def _fit(run: Run) -> None:
     if ctx.enabled:  # every rank reads (resume) and rank 0 writes the run directory rank 0's Hydra made
         run.run_dir = run_dir = Path(ctx.broadcast(str(run_dir)))
         check_distributed(ctx, cfg, tuning, adaptation)
-        log.info(f"data-parallel training: {ctx.world_size} processes ({ctx.backend}), {batch_size} images per "
-                 f"process a step, {batch_size * ctx.world_size} in all")
     load_resume_state(run)
+    if batch_size is None and run.resume_state is not None:  # the batch size auto chose when the run started
+        batch_size = batch_size_setting(cfg)
     precision = resolve_precision(cfg["precision"], device)
     channels_last = use_channels_last(cfg.get("channels_last", "auto"), device)
     num_workers = resolve_workers(cfg.get("num_workers", "auto"))
     run.summary.update(device=str(device), precision=precision, channels_last=channels_last,
                        versions=versions(), git_commit=git_commit())
     if ctx.enabled:
-        run.summary["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend,
-                                      "batch_size_per_process": batch_size}
+        run.summary["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend}
     run.write_summary()  # status "running" until the run ends, however it ends
     seed_everything(seed)
 
@@ -599,6 +621,15 @@ def _fit(run: Run) -> None:
              f"{', channels_last' if channels_last else ''}")
 
     train_labels = bundle.splits["train"].labels
+    if batch_size is None:
+        batch_size = auto_batch_size(len(train_labels), ctx.world_size)
+        log.info(f"batch_size auto: {batch_size} ({len(train_labels)} training images"
+                 f"{f' over {ctx.world_size} processes' if ctx.enabled else ''}; set batch_size to choose)")
+    run.summary["batch_size"] = cfg["batch_size"] = batch_size  # checkpoints record the batch size auto chose
+    if ctx.enabled:
+        run.summary["distributed"]["batch_size_per_process"] = batch_size
+        log.info(f"data-parallel training: {ctx.world_size} processes ({ctx.backend}), {batch_size} images per "
+                 f"process a step, {batch_size * ctx.world_size} in all")
     loader_args = {"device": device, "num_workers": num_workers, "channels_last": channels_last}
     shard = (ctx.rank, ctx.world_size)  # each rank its part of every epoch (validation too); rank 0 tests alone
     train_loader = make_loader(bundle.splits["train"].images, train_labels, batch_size, bundle.mean, bundle.std,
@@ -624,7 +655,7 @@ def _fit(run: Run) -> None:
     steps_per_epoch = -(-len(train_loader) // options.accumulate_steps)
     adversary, target_eval = None, None
     if adaptation is not None:
-        adversary, target_eval = domain_adversary(adaptation, cfg, bundle, model, augment, seed, epochs,
+        adversary, target_eval = domain_adversary(adaptation, cfg, bundle, model, augment, seed, epochs, batch_size,
                                                   len(train_loader), loader_args)
         optimizer.add_param_group({"params": list(adversary.classifier.parameters()), "weight_decay": 0.0})
     scheduler = lr_scheduler(optimizer, lr_factor, steps_per_epoch)
@@ -846,13 +877,12 @@ def _fit(run: Run) -> None:
 
 
 def domain_adversary(options: Any, cfg: dict[str, Any], bundle: DatasetBundle, model: nn.Module, augment: Any,
-                     seed: int, epochs: int, batches_per_epoch: int,
+                     seed: int, epochs: int, batch_size: int, batches_per_epoch: int,
                      loader_args: dict[str, Any]) -> tuple[DomainAdversary, DeviceLoader | None]:
     """domain.target's data: its train split's images (never its labels) feed the domain classifier; its test
     split, when it has the source's classes, gives the target accuracy of each epoch."""
     target = load_dataset(target_dataset_config(options, cfg["dataset"], bundle.channels, bundle.image_size), seed)
     train = target.splits["train"]
-    batch_size = int(cfg["batch_size"])
     if len(train) < batch_size:
         raise UserError(f"domain.target={options.target} has {len(train)} training images, fewer than "
                         f"batch_size={batch_size}.")
