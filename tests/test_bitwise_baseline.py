@@ -1,0 +1,40 @@
+"""Nothing changes for a user: six fp32 CPU runs give the best.pt tensors and metrics.csv rows recorded in
+tests/baselines/bitwise_cpu_fp32.json (benchmarks/bitwise_baseline.py --record made it; --check compares)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "tests" / "baselines" / "bitwise_cpu_fp32.json"
+SCRIPT = ROOT / "benchmarks" / "bitwise_baseline.py"
+RUNS = {"default", "resnet_cutmix_ema", "distill", "domain", "finetune", "sigterm_resume"}
+METRIC_COLUMNS = {"epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+
+
+def test_the_baseline_holds_the_six_runs_with_their_state_sha256_and_metrics_rows():
+    baseline = json.loads(BASELINE.read_text(encoding="utf-8"))
+    assert baseline["machine"] and baseline["torch"] and re.fullmatch(r"[0-9a-f]{40}", baseline["commit"])
+    assert set(baseline["runs"]) == RUNS
+    for name, run in baseline["runs"].items():
+        assert run["command"].startswith("imgcls train ") and "precision=fp32" in run["command"], name
+        assert re.fullmatch(r"[0-9a-f]{64}", run["state_sha256"]), name
+        assert run["metrics_rows"] and all(set(row) == METRIC_COLUMNS for row in run["metrics_rows"]), name
+        assert [row["epoch"] for row in run["metrics_rows"]] == [str(i + 1) for i in range(len(run["metrics_rows"]))]
+    assert len({run["state_sha256"] for run in baseline["runs"].values()}) == len(RUNS)  # six different results
+
+
+@pytest.mark.skipif(os.environ.get("IMGCLS_BITWISE") != "1",
+                    reason="set IMGCLS_BITWISE=1 to run: six training runs take minutes, and bitwise equality of "
+                           "float results holds only on the CPU kind and torch version the baseline was recorded "
+                           "with (see the baseline's machine and torch)")
+def test_the_six_runs_still_give_the_recorded_tensors_and_metrics():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--check", str(BASELINE)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
