@@ -61,12 +61,24 @@ class _RecordingFile(io.FileIO):
         return done
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def mode_kind(mode: int) -> str:
+    """'' for a regular file, else what it is: 'a folder', 'a FIFO', 'a character device', ... (the one naming of
+    files that are not regular, for writes, predict's inputs and decoding)."""
+    if stat.S_ISREG(mode):
+        return ""
+    return next((name for test, name in FILE_KINDS if test(mode)), "a special file")
+
+
+def file_kind(path: str | Path) -> str:
+    """mode_kind of what path names (links followed), or 'missing' where it cannot be stat'ed."""
+    try:
+        return mode_kind(os.stat(path).st_mode)
+    except OSError:
+        return "missing"
 
 
 def write_target(path: str | Path) -> tuple[Path, os.stat_result | None]:
@@ -117,8 +129,8 @@ def atomic_writer(path: str | Path, what: str = "", sync: bool = False) -> Itera
     target, st = write_target(shown)
     if st is not None and not stat.S_ISREG(st.st_mode):
         if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-            raise UserError(f"cannot write {what}{shown}: it is {_kind(st.st_mode)}, not a file; give a file path.")
-        with _write_through(target, shown, what, _kind(st.st_mode)) as f:
+            raise UserError(f"cannot write {what}{shown}: it is {mode_kind(st.st_mode)}, not a file; give a file path.")
+        with _write_through(target, shown, what, mode_kind(st.st_mode)) as f:
             yield f
         return
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -25,6 +25,8 @@ if not (_opencv_limit.isdigit() and 0 < int(_opencv_limit) <= MAX_PIXELS):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from imgcls_cli.rundir import mode_kind  # noqa: E402
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -90,10 +92,6 @@ def _target_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def check_regular_file(path: str | Path) -> None:
     """DecodeError unless path is a regular file (links followed): reading a FIFO or a device could block forever
     or never end, so they are refused before they are opened."""
@@ -105,9 +103,9 @@ def check_regular_file(path: str | Path) -> None:
         raise DecodeError(f"cannot read file ({error.strerror or error})") from None
     if stat.S_ISDIR(mode):
         raise DecodeError("is a folder, not a file")
-    if not stat.S_ISREG(mode):
-        what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
-        raise DecodeError(f"is {what}, not a regular file")
+    what = mode_kind(mode)
+    if what:
+        raise DecodeError(f"is {'a FIFO (named pipe)' if what == 'a FIFO' else what}, not a regular file")
 
 
 def _read_bytes(path: Path) -> np.ndarray:

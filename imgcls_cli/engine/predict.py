@@ -4,7 +4,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from imgcls_cli.engine.inference import check_batch_size, check_topk, model_from
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
 from imgcls_cli.plots import plot_image_grid
-from imgcls_cli.rundir import write_csv, write_json
+from imgcls_cli.rundir import file_kind, write_csv, write_json
 
 log = logging.getLogger("imgcls")
 GLOB_CHARS = set("*?[")
@@ -68,21 +67,6 @@ def resolve_inputs(inputs: str) -> list[Path]:
     if not files:
         raise UserError(f"no image files (jpg, jpeg, png, bmp, tif, tiff, webp) under {text}.")
     return files
-
-
-def file_kind(path: Path) -> str:
-    """'' for a regular file (or a link to one), 'missing', or what else it is: 'a FIFO', 'a folder', ..."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return "missing"
-    if stat.S_ISREG(mode):
-        return ""
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a special file"
 
 
 class ImageFiles(Dataset):
