@@ -52,10 +52,16 @@ def options(cfg: dict[str, Any]) -> Options:
     return Options(when, images)
 
 
+STATS = ("running_mean", "running_var", "num_batches_tracked")  # a batch-norm layer's running statistics
+
+
+def _keeps_stats(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+
+
 def norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The batch-norm layers that keep running statistics."""
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if _keeps_stats(m)]
 
 
 def sample_positions(n: int, images: int, seed: int) -> torch.Tensor:
@@ -68,8 +74,7 @@ def sample_positions(n: int, images: int, seed: int) -> torch.Tensor:
 
 def buffers(layers: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
     """A copy of each layer's running statistics."""
-    return [{k: getattr(m, k).detach().clone() for k in ("running_mean", "running_var", "num_batches_tracked")}
-            for m in layers]
+    return [{k: getattr(m, k).detach().clone() for k in STATS} for m in layers]
 
 
 def put_buffers(layers: list[nn.Module], saved: list[dict[str, torch.Tensor]]) -> None:
@@ -81,11 +86,7 @@ def put_buffers(layers: list[nn.Module], saved: list[dict[str, torch.Tensor]]) -
 
 def state_names(model: nn.Module) -> list[str]:
     """The state_dict keys of the batch-norm statistics (what a checkpoint keeps of the training-time ones)."""
-    names = []
-    for prefix, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            names += [f"{prefix}.{k}" if prefix else k for k in ("running_mean", "running_var", "num_batches_tracked")]
-    return names
+    return [f"{prefix}.{k}" if prefix else k for prefix, m in model.named_modules() if _keeps_stats(m) for k in STATS]
 
 
 @torch.no_grad()
