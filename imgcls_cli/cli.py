@@ -81,7 +81,7 @@ def _run_hydra(command: str, rest: list[str]) -> int:
     # Exceptions must reach us unformatted, so that a user's mistake becomes one line and exit status 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a corrupt input is reported once, by us
-    from imgcls_cli.overrides import check_command_line
+    from imgcls_cli.commands.overrides import check_command_line
 
     main_fn = importlib.import_module(f"imgcls_cli.commands.{command}").main
     scratch = None
@@ -115,7 +115,7 @@ def _run_hydra(command: str, rest: list[str]) -> int:
     def app() -> object:
         from hydra.errors import ConfigCompositionException
 
-        from imgcls_cli.overrides import unknown_key_message
+        from imgcls_cli.commands.overrides import unknown_key_message
 
         try:
             return main_fn()

@@ -2,7 +2,7 @@
 no-op, and an out-of-range value (seed, model kwargs, optimizer and schedule parameters, a 5,000-character option)
 is one line and exit status 2 before any work.
 
-Most checks call the validation in-process (imgcls_cli.overrides, the registries, `imgcls_cli.cli.main` with
+Most checks call the validation in-process (imgcls_cli.commands.overrides, the registries, `imgcls_cli.cli.main` with
 `--cfg job`); a few subprocess runs show what a user sees: status 2, one stderr line, no traceback.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from imgcls_cli import cli
 from imgcls_cli.errors import UserError, as_int
 from imgcls_cli.models import MAX_PARAMETERS, create_model
 from imgcls_cli.optim import build_optimizer, optimizer_options
-from imgcls_cli.overrides import FREE_KEYS, MAX_OPTION_CHARS, check_command_line
+from imgcls_cli.commands.overrides import FREE_KEYS, MAX_OPTION_CHARS, check_command_line
 from imgcls_cli.registry import Registry
 from imgcls_cli.schedule import build_schedule
 

@@ -91,7 +91,7 @@ def test_a_lock_dies_with_its_process_and_resume_auto_leaves_a_live_run_alone(tm
     While the process lives, resume=auto does not pick its run."""
     from imgcls_cli.commands.resume import newest_unfinished
     from imgcls_cli.errors import UserError
-    from imgcls_cli.runlock import acquire, release
+    from imgcls_cli.commands.runlock import acquire, release
 
     run_dir = tmp_path / "outputs" / "train" / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -100,7 +100,7 @@ def test_a_lock_dies_with_its_process_and_resume_auto_leaves_a_live_run_alone(tm
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
     (run_dir / "summary.json").write_text('{"status": "running"}\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from imgcls_cli.runlock import acquire; acquire(Path(sys.argv[1])); "
+                               "from imgcls_cli.commands.runlock import acquire; acquire(Path(sys.argv[1])); "
                                "print('held', flush=True); time.sleep(120)", str(run_dir)],
                               stdout=subprocess.PIPE, env=cli_env())
     try:
@@ -131,7 +131,7 @@ def test_a_default_run_directory_taken_in_the_same_second_gets_the_next_free_nam
 
 
 def test_processes_claiming_one_name_at_once_get_one_directory_each(tmp_path):
-    code = ("import sys; from imgcls_cli.runlock import unique_dir; "
+    code = ("import sys; from imgcls_cli.commands.runlock import unique_dir; "
             "print(unique_dir('outputs/train/2030-01-01_00-00-00_m_d'), flush=True)")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, env=cli_env())
              for _ in range(4)]
@@ -146,7 +146,7 @@ def test_the_resolver_gives_one_directory_per_process_however_often_it_is_resolv
     from omegaconf import OmegaConf
 
     from imgcls_cli.paths import CONF_DIR
-    from imgcls_cli.runlock import claim
+    from imgcls_cli.commands.runlock import claim
 
     monkeypatch.chdir(tmp_path)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -262,7 +262,7 @@ def test_overwrite_true_empties_a_finished_sweep_directory_before_the_sweep_star
     callback the sweep runs); without overwrite=true the same call refuses (the CLI refusal is tested above)."""
     from omegaconf import OmegaConf
 
-    from imgcls_cli.runlock import RunDirGuard, release
+    from imgcls_cli.commands.runlock import RunDirGuard, release
 
     sweep = tmp_path / "sweep"
     (sweep / "0_seed-0" / ".hydra").mkdir(parents=True)
@@ -283,7 +283,7 @@ def test_overwrite_true_empties_a_finished_sweep_directory_before_the_sweep_star
 
 def test_runs_one_after_the_other_in_one_process_get_a_directory_each(tmp_path, monkeypatch):
     """The CLI called in-process (as the docs check does): a second run in the same second claims its own."""
-    from imgcls_cli.runlock import acquire, release, unique_dir
+    from imgcls_cli.commands.runlock import acquire, release, unique_dir
 
     monkeypatch.chdir(tmp_path)
     first = unique_dir("outputs/eval/2030-01-01_00-00-00")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgcls_cli.engine.distributed import quiet_rank
 from imgcls_cli.errors import UserError
 from imgcls_cli.rundir import write_text_atomic
-from imgcls_cli.runlock import release  # also registers the imgcls.unique resolver of the run directories
+from imgcls_cli.commands.runlock import release  # also registers the imgcls.unique resolver of the run directories
 
 log = logging.getLogger("imgcls")
 
@@ -48,7 +48,7 @@ def run_command(cfg: DictConfig, body: Callable[[dict[str, Any], Path], Any],
                 check: Callable[[DictConfig], None] | None = None) -> Any:
     """Run body(config, run_dir) and print the run directory last; in a sweep a failing job is a failed row.
 
-    The run directory was locked before Hydra wrote into it (imgcls_cli.runlock.RunDirGuard); the lock is let go
+    The run directory was locked before Hydra wrote into it (imgcls_cli.commands.runlock.RunDirGuard); the lock is let go
     once the run has ended, whichever way it ended."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

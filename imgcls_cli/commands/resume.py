@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from imgcls_cli.errors import UserError
-from imgcls_cli.runlock import in_use
+from imgcls_cli.commands.runlock import in_use
 
 UNFINISHED = {"running", "interrupted", "failed"}
 
