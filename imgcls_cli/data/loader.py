@@ -5,15 +5,14 @@ Streaming (StreamLoader): DataLoader workers read each batch from a store; the d
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from imgcls_cli.cores import resolve_workers, usable_cores  # noqa: F401  (callers still import them here)
 from imgcls_cli.data.augment import BatchAugment
 from imgcls_cli.data.stores import Store
-from imgcls_cli.errors import as_int
 
 
 class DeviceLoader:
@@ -205,18 +204,6 @@ def read_ids(loader: DeviceLoader, ids: list[str]) -> list[str]:
     if not isinstance(loader, StreamLoader) or not loader.skipped:
         return ids
     return [i for p, i in enumerate(ids) if loader.store.name(p) not in loader.skipped]
-
-
-def usable_cores() -> int:
-    """The cores this process may use (a SLURM job's cpus_per_task, not the whole node's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def resolve_workers(setting: Any) -> int:
-    """num_workers: auto (one per core but one for the training process, at most 8) or a whole number >= 0."""
-    if setting in (None, "auto"):
-        return max(1, min(8, usable_cores() - 1))
-    return as_int(setting, "num_workers", minimum=0)
 
 
 def make_loader(images: torch.Tensor | Store, labels: torch.Tensor, batch_size: int, mean: list[float],

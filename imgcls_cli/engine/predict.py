@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
+from imgcls_cli.cores import resolve_workers
 from imgcls_cli.data.decode import DecodeError, decode_image, list_images
 from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision
 from imgcls_cli.engine.inference import check_batch_size, check_topk, model_from_checkpoint
@@ -94,11 +94,9 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[in
 
 
 def _workers(num_workers: Any, n_files: int) -> int:
-    if num_workers == "auto":
-        return 0 if n_files < 256 else min(4, os.cpu_count() or 1)
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+    if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
         raise UserError(f"num_workers must be auto or a whole number >= 0, not {num_workers!r}.")
-    return num_workers
+    return resolve_workers(num_workers, items=n_files)
 
 
 def run_predict(
