@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls_cli.cores import MOST_WORKERS, usable_cores
 from imgcls_cli.data.decode import DecodeError, decode_image, image_header, image_shape, list_images
 from imgcls_cli.errors import UserError
 
@@ -46,7 +47,7 @@ def decode_into(out: np.ndarray, paths: list[Path], workers: int | None = None) 
             return str(exc)
         return None
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or min(MOST_WORKERS, usable_cores())) as pool:
         return list(pool.map(one, range(len(paths)), chunksize=64))
 
 
