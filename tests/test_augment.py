@@ -9,7 +9,7 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from omegaconf import OmegaConf
 
-from imgcls_cli.data import augment
+from imgcls_cli.data import augment_ops, autoaugment
 from imgcls_cli.data.augment import AUGMENTS, build_augment
 from imgcls_cli.errors import UserError
 from imgcls_cli.plots import _preview_title, plot_augment_preview
@@ -184,7 +184,7 @@ def test_hue_shift_keeps_each_pixels_max_and_min_channel():
 def test_hue_shift_is_torchvisions_adjust_hue_per_sample():
     x, shifts = batch(n=4), torch.tensor([-0.5, -0.1, 0.2, 0.45])
     expected = torch.cat([TF.adjust_hue(x[i:i + 1], float(s)) for i, s in enumerate(shifts)])
-    assert torch.allclose(augment._shift_hue(x, shifts), expected, atol=1e-5)
+    assert torch.allclose(augment_ops._shift_hue(x, shifts), expected, atol=1e-5)
 
 
 def test_saturation_keeps_the_luma_and_changes_the_colours():
@@ -255,7 +255,7 @@ def test_randaugment_with_no_ops_is_the_identity():
 
 
 @pytest.mark.parametrize("space,torchvision_class", [
-    (augment.RANDAUGMENT_SPACE, T.RandAugment), (augment.TRIVIALAUGMENT_SPACE, T.TrivialAugmentWide)])
+    (autoaugment.RANDAUGMENT_SPACE, T.RandAugment), (autoaugment.TRIVIALAUGMENT_SPACE, T.TrivialAugmentWide)])
 def test_auto_augment_tables_are_torchvisions(space, torchvision_class):
     reference = torchvision_class._AUGMENTATION_SPACE
     assert list(space) == list(reference)
@@ -290,13 +290,13 @@ def _torchvision_op(name, x, m):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("name", list(augment._AUTO_OPS))
+@pytest.mark.parametrize("name", list(autoaugment._AUTO_OPS))
 def test_auto_augment_ops_match_torchvision(name, channels):
     x = torch.rand(4, channels, 12, 20, generator=torch.Generator().manual_seed(0))
     for m in {"Posterize": [4.0, 6.0], "Solarize": [0.3, 0.7]}.get(name, [0.3, -0.45, 6.0]):
         if abs(m) > 1 and name in ("Brightness", "Color", "Contrast", "Sharpness"):
             continue
-        ours = augment._AUTO_OPS[name](x, torch.full((4,), m))
+        ours = autoaugment._AUTO_OPS[name](x, torch.full((4,), m))
         assert torch.allclose(ours, _torchvision_op(name, x, m), atol=1e-5), (name, m)
 
 
@@ -304,7 +304,7 @@ def test_auto_augment_ops_take_one_magnitude_per_sample():
     x = batch(n=3)
     magnitudes = torch.tensor([0.1, -0.2, 0.3])
     for name in ("ShearX", "Rotate", "Brightness", "Sharpness"):
-        ours = augment._AUTO_OPS[name](x, magnitudes * (20 if name == "Rotate" else 1))
+        ours = autoaugment._AUTO_OPS[name](x, magnitudes * (20 if name == "Rotate" else 1))
         for i, m in enumerate(magnitudes * (20 if name == "Rotate" else 1)):
             assert torch.allclose(ours[i:i + 1], _torchvision_op(name, x[i:i + 1], float(m)), atol=1e-5)
 

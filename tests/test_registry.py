@@ -52,3 +52,10 @@ def test_unknown_name_without_close_match_still_lists_choices():
 ])
 def test_minimum_components_are_registered(registry, required):
     assert required <= set(registry.names())
+
+
+def test_every_augmentation_op_has_its_settings_checked_at_the_edge():
+    """specs/augment.py checks the settings of exactly the ops data/augment builds, by the same names."""
+    from imgcls_cli.specs.augment import OPS
+
+    assert OPS.names() == AUGMENTS.names()
