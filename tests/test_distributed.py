@@ -23,6 +23,7 @@ from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.engine.distributed import Dist, nproc_from, prepare
 from imgcls_cli.errors import UserError
 from imgcls_cli.optim import build_optimizer
+from imgcls_cli.specs.optimizer import OptimizerSpec
 
 SAME = ["model=lenet5", "precision=fp32", "augment=none", "epochs=2"]  # no batch norm, no random augmentation
 AUGMENTED = ["dataset.max_train_samples=800", "augment=mixup", "epochs=3", "checkpoint.every_n_steps=3",
@@ -153,8 +154,8 @@ def test_each_rank_takes_every_world_th_image_and_together_they_take_the_epoch_o
 
 def test_lr_scales_with_the_world_size_only_when_asked():
     model = nn.Linear(2, 2)
-    lr = lambda cfg, world: build_optimizer(model, {"name": "sgd", "lr": 0.1, **cfg}, 64,  # noqa: E731
-                                            world_size=world).param_groups[0]["lr"]
+    lr = lambda cfg, world: build_optimizer(model, OptimizerSpec.parse({"name": "sgd", "lr": 0.1, **cfg}),  # noqa: E731
+                                            64, world_size=world).param_groups[0]["lr"]
     assert lr({}, 4) == pytest.approx(0.1)
     assert lr({"scale_lr_with_world_size": True}, 4) == pytest.approx(0.4)
     assert lr({"scale_lr_with_world_size": True, "base_lr": 0.1}, 2) == pytest.approx(0.1 * 64 / 256 * 2)

@@ -9,19 +9,34 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from imgcls_cli.errors import UserError
-from imgcls_cli.optim import (OPTIMIZERS, SHARED_KEYS, TrainingOptions, build_optimizer, optimizer_options,
-                              param_groups, penalty, scaled_lr, training_options)
+from imgcls_cli.optim import OPTIMIZERS, build_optimizer, param_groups, penalty
 from imgcls_cli.paths import CONF_DIR as CONF
 from imgcls_cli.plots import plot_lr
 from imgcls_cli.schedule import SCHEDULES, build_schedule, lr_scheduler
+from imgcls_cli.specs import optimizer as optimizer_specs
+from imgcls_cli.specs import schedule as schedule_specs
+from imgcls_cli.specs.optimizer import SHARED_KEYS, OptimizerSpec
+from imgcls_cli.specs.schedule import ScheduleSpec
 
 ITERS_PER_EPOCH = 4
+
+
+def build(model: nn.Module, cfg: dict, *args, **kwargs) -> torch.optim.Optimizer:
+    return build_optimizer(model, OptimizerSpec.parse(cfg), *args, **kwargs)
+
+
+def penalty_of(model: nn.Module, cfg: dict):
+    return penalty(model, OptimizerSpec.parse(cfg))
+
+
+def schedule(cfg: dict, epochs: int):
+    return build_schedule(ScheduleSpec.parse(cfg), epochs)
 
 
 def scheduled_lrs(cfg: dict, epochs: int, lr0: float = 0.5, iters_per_epoch: int = ITERS_PER_EPOCH) -> list[float]:
     """The lr of every iteration of a run: a real optimizer, stepped with its scheduler after every batch."""
     opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=lr0)
-    sched = lr_scheduler(opt, build_schedule(cfg, epochs), iters_per_epoch)
+    sched = lr_scheduler(opt, schedule(cfg, epochs), iters_per_epoch)
     lrs = []
     for _ in range(epochs * iters_per_epoch):
         lrs.append(opt.param_groups[0]["lr"])
@@ -64,13 +79,13 @@ def test_schedules_follow_their_formulas_every_iteration(cfg, formula, warmup):
 
 
 def test_step_schedule_follows_its_formula():
-    factor = build_schedule({"name": "step", "step_size": 3, "gamma": 0.5}, epochs=10)
+    factor = schedule({"name": "step", "step_size": 3, "gamma": 0.5}, epochs=10)
     for t in [0, 1, 2.9, 3, 5.5, 6, 9.99]:
         assert factor(t) == pytest.approx(0.5 ** math.floor(t / 3))
 
 
 def test_cosine_schedule_follows_its_formula():
-    factor = build_schedule({"name": "cosine", "min_lr_ratio": 0.1}, epochs=8)
+    factor = schedule({"name": "cosine", "min_lr_ratio": 0.1}, epochs=8)
     for t in [0, 1, 2.5, 4, 7.9, 8]:
         expected = 0.1 + 0.5 * (1 - 0.1) * (1 + math.cos(math.pi * t / 8))
         assert factor(t) == pytest.approx(expected)
@@ -78,18 +93,18 @@ def test_cosine_schedule_follows_its_formula():
 
 
 def test_multistep_drops_at_each_milestone():
-    factor = build_schedule({"name": "multistep", "milestones": [30, 60], "gamma": 0.1}, epochs=90)
+    factor = schedule({"name": "multistep", "milestones": [30, 60], "gamma": 0.1}, epochs=90)
     assert [factor(t) for t in (0, 29.99, 30, 59.9, 60, 89)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
 def test_exponential_decays_by_e_to_the_minus_k_per_epoch():
-    factor = build_schedule({"name": "exponential", "k": 0.1}, epochs=30)
+    factor = schedule({"name": "exponential", "k": 0.1}, epochs=30)
     assert factor(0) == 1.0
     assert factor(10) == pytest.approx(math.exp(-1)) and factor(10.5) / factor(10) == pytest.approx(math.exp(-0.05))
 
 
 def test_onecycle_rises_to_the_peak_then_anneals_to_the_final_ratio():
-    factor = build_schedule({"name": "onecycle"}, epochs=10)
+    factor = schedule({"name": "onecycle"}, epochs=10)
     assert factor(0) == pytest.approx(1 / 25) and factor(3) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(1 / 25e4)
     rising, falling = [factor(t / 10) for t in range(31)], [factor(t / 10) for t in range(30, 101)]
@@ -109,7 +124,7 @@ def test_onecycle_has_the_shape_of_torchs_onecyclelr():
 
 
 def test_warmup_ramps_linearly_then_hands_over():
-    factor = build_schedule({"name": "cosine", "warmup_epochs": 2}, epochs=10)
+    factor = schedule({"name": "cosine", "warmup_epochs": 2}, epochs=10)
     assert factor(1) == pytest.approx(0.5)
     assert factor(2) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(0.0, abs=1e-9)
@@ -118,7 +133,7 @@ def test_warmup_ramps_linearly_then_hands_over():
 def test_scheduler_steps_every_iteration():
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    sched = lr_scheduler(opt, build_schedule({"name": "cosine"}, epochs=2), iters_per_epoch=4)
+    sched = lr_scheduler(opt, schedule({"name": "cosine"}, epochs=2), iters_per_epoch=4)
     lrs = []
     for _ in range(8):
         lrs.append(opt.param_groups[0]["lr"])
@@ -144,7 +159,7 @@ def test_weight_decay_skips_biases_and_norms():
 
 def test_decay_norm_and_bias_decays_every_parameter():
     model = small_net()
-    opt = build_optimizer(model, {"name": "sgd", "lr": 0.1, "weight_decay": 0.01, "decay_norm_and_bias": True})
+    opt = build(model, {"name": "sgd", "lr": 0.1, "weight_decay": 0.01, "decay_norm_and_bias": True})
     [group] = opt.param_groups
     assert group["weight_decay"] == 0.01 and len(group["params"]) == len(list(model.parameters()))
 
@@ -152,7 +167,7 @@ def test_decay_norm_and_bias_decays_every_parameter():
 @pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD),
                                       ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
 def test_optimizers_build_from_config(name, cls):
-    opt = build_optimizer(nn.Linear(3, 2), {"name": name, "lr": 0.01, "weight_decay": 0.1})
+    opt = build(nn.Linear(3, 2), {"name": name, "lr": 0.01, "weight_decay": 0.1})
     assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.01
 
 
@@ -215,7 +230,7 @@ def test_optimizer_steps_follow_the_update_rule(cfg, rule):
     lr, wd = 0.1, 0.05
     model = Tiny()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
-    opt = build_optimizer(model, {**cfg, "lr": lr, "weight_decay": wd})
+    opt = build(model, {**cfg, "lr": lr, "weight_decay": wd})
     for step in range(2):
         for name, p in model.named_parameters():
             p.grad = GRADS[name][step].double()
@@ -227,7 +242,7 @@ def test_optimizer_steps_follow_the_update_rule(cfg, rule):
 
 def test_penalty_value_and_gradient_follow_the_formulas():
     model = small_net()
-    total = penalty(model, {"name": "sgd", "lr": 0.1, "l1": 0.01, "l2": 0.1})
+    total = penalty_of(model, {"name": "sgd", "lr": 0.1, "l1": 0.01, "l2": 0.1})
     weights = [p for p in model.parameters() if p.ndim > 1]
     expected = sum(0.01 * w.abs().sum() + 0.1 * (w**2).sum() for w in weights)
     value = total()
@@ -241,22 +256,22 @@ def test_penalty_value_and_gradient_follow_the_formulas():
 @pytest.mark.parametrize("l1,l2", [(0.02, 0.0), (0.0, 0.3)])
 def test_each_penalty_alone_and_with_norms_and_biases(l1, l2):
     model = small_net()
-    penalty(model, {"name": "adam", "lr": 0.1, "l1": l1, "l2": l2, "decay_norm_and_bias": True})().backward()
+    penalty_of(model, {"name": "adam", "lr": 0.1, "l1": l1, "l2": l2, "decay_norm_and_bias": True})().backward()
     for p in model.parameters():
         torch.testing.assert_close(p.grad, l1 * torch.sign(p) + 2 * l2 * p)
 
 
 def test_no_penalty_by_default():
-    assert penalty(small_net(), {"name": "adamw", "lr": 0.1, "weight_decay": 0.05}) is None
-    assert penalty(small_net(), {"name": "adamw", "lr": 0.1, "l1": 0, "l2": 0.0}) is None
+    assert penalty_of(small_net(), {"name": "adamw", "lr": 0.1, "weight_decay": 0.05}) is None
+    assert penalty_of(small_net(), {"name": "adamw", "lr": 0.1, "l1": 0, "l2": 0.0}) is None
 
 
 def test_l2_penalty_with_sgd_is_weight_decay_of_twice_its_strength():
     x, y = torch.randn(8, 1, 3, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1] * 4)
     by_penalty, by_decay = small_net(), small_net()
-    opt_penalty = build_optimizer(by_penalty, {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "l2": 0.05})
-    opt_decay = build_optimizer(by_decay, {"name": "sgd", "lr": 0.1, "weight_decay": 0.1})
-    extra = penalty(by_penalty, {"name": "sgd", "lr": 0.1, "l2": 0.05})
+    opt_penalty = build(by_penalty, {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "l2": 0.05})
+    opt_decay = build(by_decay, {"name": "sgd", "lr": 0.1, "weight_decay": 0.1})
+    extra = penalty_of(by_penalty, {"name": "sgd", "lr": 0.1, "l2": 0.05})
     for _ in range(2):
         for model, opt, add in ((by_penalty, opt_penalty, extra), (by_decay, opt_decay, None)):
             opt.zero_grad()
@@ -268,30 +283,32 @@ def test_l2_penalty_with_sgd_is_weight_decay_of_twice_its_strength():
 
 
 def test_training_options_defaults_and_values():
-    assert training_options({"name": "sgd", "lr": 0.1}) == TrainingOptions(grad_clip_norm=None, accumulate_steps=1)
-    assert training_options({"grad_clip_norm": 1, "accumulate_steps": 4}) == TrainingOptions(1.0, 4)
+    plain = OptimizerSpec.parse({"name": "sgd", "lr": 0.1})
+    assert (plain.grad_clip_norm, plain.accumulate_steps) == (None, 1)
+    given = OptimizerSpec.parse({"name": "sgd", "lr": 0.1, "grad_clip_norm": 1, "accumulate_steps": 4})
+    assert (given.grad_clip_norm, given.accumulate_steps) == (1.0, 4)
 
 
 def test_loop_keys_never_reach_the_optimizer():
     cfg = {"name": "sgd", "lr": 0.1, "base_lr": 0.2, "l1": 0.1, "l2": 0.1, "grad_clip_norm": 1.0,
            "accumulate_steps": 2, "decay_norm_and_bias": True}
-    assert optimizer_options(cfg).kwargs == {}
-    opt = build_optimizer(small_net(), cfg, batch_size=128)
+    assert OptimizerSpec.parse(cfg).kwargs == {"momentum": 0.9, "nesterov": False}  # sgd's own keys alone
+    opt = build(small_net(), cfg, batch_size=128)
     assert not {"l1", "l2", "grad_clip_norm", "accumulate_steps", "base_lr"} & set(opt.defaults)
 
 
 def test_base_lr_scales_with_the_images_per_step():
     cfg = {"name": "sgd", "lr": 5.0, "base_lr": 0.1}
-    assert [build_optimizer(small_net(), cfg, batch_size=b).param_groups[0]["lr"] for b in (64, 256, 512)] == \
+    assert [build(small_net(), cfg, batch_size=b).param_groups[0]["lr"] for b in (64, 256, 512)] == \
         pytest.approx([0.025, 0.1, 0.2])
-    assert scaled_lr({**cfg, "accumulate_steps": 4}, 64) == pytest.approx(0.1)  # 64 x 4 images per step
-    assert scaled_lr({**cfg, "lr": "ignored"}, 128) == pytest.approx(0.05)
-    assert scaled_lr({"name": "sgd", "lr": 0.3}, 512) == 0.3  # no base_lr: the batch size changes nothing
+    assert OptimizerSpec.parse({**cfg, "accumulate_steps": 4}).lr_for(64) == pytest.approx(0.1)  # 64 x 4 a step
+    assert OptimizerSpec.parse({**cfg, "lr": "ignored"}).lr_for(128) == pytest.approx(0.05)
+    assert OptimizerSpec.parse({"name": "sgd", "lr": 0.3}).lr_for(512) == 0.3  # no base_lr: batch size changes nothing
 
 
 def test_base_lr_needs_the_batch_size():
     with pytest.raises(ValueError, match="pass batch_size"):
-        build_optimizer(small_net(), {"name": "sgd", "lr": 0.1, "base_lr": 0.1})
+        build(small_net(), {"name": "sgd", "lr": 0.1, "base_lr": 0.1})
 
 
 @pytest.mark.parametrize("cfg,message", [
@@ -316,7 +333,7 @@ def test_base_lr_needs_the_batch_size():
     ({"name": "rmsprop", "lr": 0.1, "centered": "true"}, "optimizer.centered must be true or false"),
 ])
 def test_bad_optimizer_values_are_user_errors(cfg, message):
-    for check in (optimizer_options, lambda c: build_optimizer(nn.Linear(3, 2), c, batch_size=64)):
+    for check in (OptimizerSpec.parse, lambda c: build(nn.Linear(3, 2), c, batch_size=64)):
         with pytest.raises(UserError, match=re.escape(message)) as info:
             check(cfg)
         assert "\n" not in str(info.value)
@@ -340,7 +357,7 @@ def test_bad_optimizer_values_are_user_errors(cfg, message):
 ])
 def test_bad_schedule_values_are_user_errors(cfg, message):
     with pytest.raises(UserError, match=re.escape(message)) as info:
-        build_schedule(cfg, epochs=3)
+        schedule(cfg, epochs=3)
     assert "\n" not in str(info.value)
 
 
@@ -354,14 +371,14 @@ def test_every_optimizer_yaml_builds_with_its_values():
     model = small_net()
     for path in paths:
         cfg = load(path)
-        options = optimizer_options(cfg)
-        opt = build_optimizer(model, cfg, batch_size=64)
+        options = OptimizerSpec.parse(cfg)
+        opt = build(model, cfg, batch_size=64)
         assert isinstance(opt, torch.optim.Optimizer) and opt.param_groups[0]["lr"] == cfg["lr"], path.name
         assert opt.param_groups[0]["weight_decay"] == cfg["weight_decay"] and opt.param_groups[1]["weight_decay"] == 0
         for key, value in options.kwargs.items():  # the optimizer's own keys all reach torch
             assert opt.defaults[key] == (tuple(value) if isinstance(value, list) else value), (path.name, key)
         assert set(cfg) - set(options.kwargs) <= {"name", *SHARED_KEYS}
-        assert training_options(cfg) == TrainingOptions(None, 1) and penalty(model, cfg) is None
+        assert (options.grad_clip_norm, options.accumulate_steps) == (None, 1) and penalty_of(model, cfg) is None
 
 
 def test_every_schedule_yaml_documents_its_formula_and_keys_and_builds():
@@ -378,6 +395,11 @@ def test_every_schedule_yaml_documents_its_formula_and_keys_and_builds():
 
 def test_optimizer_registry_matches_the_yaml_options():
     assert set(OPTIMIZERS.names()) == {load(p)["name"] for p in (CONF / "optimizer").glob("*.yaml")}
+
+
+def test_every_builder_has_a_checker_of_its_keys():
+    assert OPTIMIZERS.names() == optimizer_specs.OPTIONS.names()
+    assert SCHEDULES.names() == schedule_specs.OPTIONS.names()
 
 
 def test_plot_lr_writes_a_png_over_epochs(tmp_path):

@@ -11,12 +11,14 @@ import torch
 
 from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli, run_many, write_png
 from imgcls_cli.engine.domain import ramp, reverse_gradient
-from imgcls_cli.engine.finetune import EncoderFreezer, finetune_options, l2sp_penalty, load_init, lr_multipliers
+from imgcls_cli.engine.finetune import EncoderFreezer, l2sp_penalty, load_init, lr_multipliers
 from imgcls_cli.engine.fit import train_one_epoch
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import create_model
 from imgcls_cli.models.heads import head_name
 from imgcls_cli.optim import build_optimizer
+from imgcls_cli.specs.optimizer import OptimizerSpec
+from imgcls_cli.specs.transfer import FinetuneSpec
 
 SMALL = {"widths": [4, 8, 8], "hidden": 16}
 SMALL_ARGS = ["model.widths=[4,8,8]", "model.hidden=16"]
@@ -147,8 +149,8 @@ def test_l2sp_gradient_is_two_lambda_times_the_distance_to_the_pretrained_weight
 
 def test_encoder_lr_mult_gives_the_encoder_a_smaller_learning_rate():
     model = small_cnn(5)
-    options = finetune_options({"encoder_lr_mult": 0.1})
-    optimizer = build_optimizer(model, {"name": "adam", "lr": 0.01, "weight_decay": 0.0}, 64,
+    options = FinetuneSpec.parse({"encoder_lr_mult": 0.1})
+    optimizer = build_optimizer(model, OptimizerSpec.parse({"name": "adam", "lr": 0.01, "weight_decay": 0.0}), 64,
                                 lr_multipliers(model, 5, options))
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
@@ -161,7 +163,7 @@ def test_bad_finetune_settings_are_user_errors():
                      ({"encoder_lr_mult": -0.1}, "finetune.encoder_lr_mult"),
                      ({"unfreeze_epoch": 2}, "finetune.unfreeze_epoch")):
         with pytest.raises(UserError, match=key):
-            finetune_options(cfg)
+            FinetuneSpec.parse(cfg)
 
 
 # ------------------------------------------------------------------------------------------------------- DANN

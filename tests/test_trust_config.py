@@ -17,10 +17,11 @@ from conftest import TINY_SETTINGS_NO_EPOCHS, assert_user_error, run_many
 from imgcls_cli import cli
 from imgcls_cli.errors import UserError, as_int
 from imgcls_cli.models import MAX_PARAMETERS, create_model
-from imgcls_cli.optim import build_optimizer, optimizer_options
+from imgcls_cli.optim import build_optimizer
 from imgcls_cli.commands.overrides import FREE_KEYS, MAX_OPTION_CHARS, check_command_line
 from imgcls_cli.registry import Registry
-from imgcls_cli.schedule import build_schedule
+from imgcls_cli.specs.optimizer import OptimizerSpec
+from imgcls_cli.specs.schedule import ScheduleSpec
 
 SMALL = {"num_classes": 3, "in_channels": 1, "image_size": 16}
 
@@ -183,7 +184,7 @@ def test_checked_models_build_the_same_weights():
     ({"name": "adam", "lr": 0.1, "grad_clip_norm": -1}, "optimizer.grad_clip_norm must be positive"),
 ])
 def test_optimizer_values_out_of_range_are_one_line(cfg, expected):
-    for check in (optimizer_options, lambda c: build_optimizer(torch.nn.Linear(3, 2), c, batch_size=8)):
+    for check in (OptimizerSpec.parse, lambda c: build_optimizer(torch.nn.Linear(3, 2), OptimizerSpec.parse(c), 8)):
         with pytest.raises(UserError) as info:
             check(cfg)
         assert str(info.value).startswith(expected) and "\n" not in str(info.value)
@@ -201,7 +202,7 @@ def test_optimizer_values_out_of_range_are_one_line(cfg, expected):
 ])
 def test_schedule_values_out_of_range_are_one_line(cfg, expected):
     with pytest.raises(UserError) as info:
-        build_schedule(cfg, epochs=5)
+        ScheduleSpec.parse(cfg)
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
 
 

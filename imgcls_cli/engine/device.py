@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from imgcls_cli.errors import UserError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from imgcls_cli.specs.device import check_channels_last, check_precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,9 +63,7 @@ def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """auto: bf16 on CUDA that supports it (else fp16 with a GradScaler), bf16 on CPUs built for it, else fp32."""
-    if name not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not '{name}'.")
-    if name != "auto":
+    if check_precision(name) != "auto":
         if name == "fp16" and device.type == "cpu":
             raise UserError("precision=fp16 is for GPUs; on CPU use precision=bf16 or fp32.")
         return name
@@ -86,8 +83,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def use_channels_last(setting: str | bool, device: torch.device) -> bool:
     """auto: on CUDA (tensor cores) and on CPU (oneDNN's NHWC kernels: measured 5-20% faster, see README)."""
-    if setting == "auto":
+    if check_channels_last(setting) == "auto":
         return device.type in ("cuda", "cpu")
-    if isinstance(setting, bool):
-        return setting
-    raise UserError(f"channels_last must be auto, true or false, not '{setting}'.")
+    return bool(setting)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from imgcls_cli.errors import UserError, as_int
+from imgcls_cli.specs.loop import DistributedSpec
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-BACKENDS = ("auto", "gloo", "nccl")
 log = logging.getLogger("imgcls")
 
 
@@ -124,25 +124,11 @@ class Dist:
                 dist.destroy_process_group()
 
 
-@dataclass
-class Options:
-    backend: str = "auto"
-    sync_bn: bool = False
+Options = DistributedSpec  # its former name, until every caller takes TrainSpec.distributed
+options = DistributedSpec.parse
 
 
-def options(cfg: dict[str, Any] | None) -> Options:
-    cfg = cfg or {}
-    backend = str(cfg.get("backend", "auto"))
-    if backend not in BACKENDS:
-        raise UserError(f"distributed.backend must be one of {', '.join(BACKENDS)}, not '{backend}'.")
-    sync_bn = cfg.get("sync_bn", False)
-    if not isinstance(sync_bn, bool):
-        raise UserError(f"distributed.sync_bn must be true or false, not '{sync_bn}'.")
-    as_int(cfg.get("nproc", 1), "distributed.nproc", minimum=1)
-    return Options(backend, sync_bn)
-
-
-def start(opts: Options, device: torch.device) -> tuple[Dist, torch.device]:
+def start(opts: DistributedSpec, device: torch.device) -> tuple[Dist, torch.device]:
     """Join the job torchrun started (nothing to do in a single process); returns it and this rank's device."""
     rank, world, local = env_rank()
     if world == 1:
@@ -195,7 +181,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from imgcls_cli.data.loader import usable_cores
+    from imgcls_cli.cores import usable_cores
 
     # CPU processes share the cores out; torchrun would set 1 thread each (and warn).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))

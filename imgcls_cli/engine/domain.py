@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
-from imgcls_cli.errors import UserError, as_float, as_int
 from imgcls_cli.models.heads import embedding, head_name
 from imgcls_cli.paths import CONF_DIR
+from imgcls_cli.specs.transfer import DomainSpec
 
 log = logging.getLogger("imgcls")
 COLUMNS = ("domain_lambda", "domain_loss", "domain_accuracy", "target_accuracy")
@@ -48,56 +46,42 @@ def ramp(progress: float) -> float:
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
 
 
-@dataclass(frozen=True)
-class DomainOptions:
-    target: str  # a dataset option (conf/dataset/<target>.yaml)
-    target_root: str | None
-    strength: float  # domain.lambda: the reversal's strength at the end of the ramp (or throughout)
-    ramp: bool
-    hidden: int  # the domain classifier's hidden width
+DomainOptions = DomainSpec  # its former name, until every caller takes TrainSpec.domain
 
 
-def domain_options(cfg: dict[str, Any] | None) -> DomainOptions | None:
-    """domain.* checked; None when domain.target is not set (no domain adaptation)."""
-    cfg = cfg or {}
-    target = cfg.get("target")
-    if not target:
-        return None
-    options = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-    if target not in options:
-        raise UserError(f"domain.target must be a dataset option ({', '.join(options)}), not '{target}'.")
-    strength = as_float(cfg.get("lambda", 1.0), "domain.lambda")
-    if not 0 <= strength < math.inf:
-        raise UserError(f"domain.lambda must be >= 0, not {strength}.")
-    ramp_setting = cfg.get("ramp", True)
-    if not isinstance(ramp_setting, bool):
-        raise UserError(f"domain.ramp must be true or false, not {ramp_setting!r}.")
-    return DomainOptions(str(target), cfg.get("target_root"), strength, ramp_setting,
-                         as_int(cfg.get("hidden", 256), "domain.hidden", minimum=1))
+def domain_options(cfg: dict[str, Any] | None) -> DomainSpec | None:
+    """domain.* parsed from a plain config: until every caller takes TrainSpec.domain, parsed at the command edge."""
+    return DomainSpec.parse(cfg, sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")))
 
 
-def target_dataset_config(options: DomainOptions, source: dict[str, Any], channels: int,
-                          image_size: int) -> dict[str, Any]:
-    """The target dataset's config: its option's yaml over the keys every dataset takes (train.yaml's dataset
-    block), at the source's channels and size, with the source's sample limits and placement (so a quick run
-    stays quick)."""
-    base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"), resolve=False)["dataset"]
-    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / f"{options.target}.yaml"), resolve=True)
-    cfg = {**base, **own}
+def target_dataset_config(spec: DomainSpec, source: dict[str, Any], channels: int, image_size: int) -> dict[str, Any]:
+    """The target dataset's config: its option's config (spec.target_config, train.yaml's dataset block under the
+    option's yaml), at the source's channels and size, with the source's sample limits and placement (so a quick
+    run stays quick)."""
+    cfg = dict(spec.target_config if spec.target_config is not None else _composed_target(spec.target))
     for key in ("max_train_samples", "max_eval_samples", "in_memory", "memory_budget_gb", "split_seed"):
         if key in source:
             cfg[key] = source[key]
     cfg.update(channels=channels, image_size=image_size, class_weights=None, sampler=None)
-    if options.target_root:
-        cfg["file" if options.target == "csv" else "root"] = options.target_root
+    if spec.target_root:
+        cfg["file" if spec.target == "csv" else "root"] = spec.target_root
     return cfg
+
+
+def _composed_target(target: str) -> dict[str, Any]:
+    """Until every caller passes the spec parsed at the command edge (which composes it there)."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"), resolve=False)["dataset"]
+    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / f"{target}.yaml"), resolve=True)
+    return {**base, **own}
 
 
 class DomainAdversary:
     """The domain classifier and the target batches of one training run; plugged into the training step."""
 
     def __init__(self, model: nn.Module, num_classes: int, target_batches: Iterator[torch.Tensor],
-                 options: DomainOptions, total_batches: int, device: torch.device) -> None:
+                 options: DomainSpec, total_batches: int, device: torch.device) -> None:
         head = model.get_submodule(head_name(model, num_classes))
         width = head.in_features if isinstance(head, nn.Linear) else head.in_channels
         hidden = options.hidden

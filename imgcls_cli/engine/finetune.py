@@ -7,51 +7,20 @@ weights θ_pre are those the run starts from: init=PATH's, or torchvision's with
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from imgcls_cli.errors import UserError, as_float, as_int
+from imgcls_cli.errors import UserError
 from imgcls_cli.models.heads import encoder_parameters, head_name, is_head
+from imgcls_cli.specs.transfer import FinetuneSpec
 
 log = logging.getLogger("imgcls")
-FREEZE_CHOICES = ("none", "encoder")
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    freeze: str = "none"  # encoder: only the classifier head trains (encoder weights and BN statistics fixed)
-    unfreeze_epoch: int | None = None  # with freeze=encoder: the whole model trains from this epoch on
-    encoder_lr_mult: float = 1.0  # the encoder's lr is the head's times this
-    l2sp: float = 0.0  # λ of λ‖θ − θ_pre‖² over the encoder, added to the loss
-
-    @property
-    def needs_pretrained(self) -> bool:
-        return self.freeze == "encoder" or self.l2sp > 0
-
-    def frozen_at(self, epoch: int) -> bool:
-        return self.freeze == "encoder" and (self.unfreeze_epoch is None or epoch < self.unfreeze_epoch)
-
-
-def finetune_options(cfg: dict[str, Any] | None) -> FinetuneOptions:
-    cfg = cfg or {}
-    freeze = cfg.get("freeze") or "none"
-    if freeze not in FREEZE_CHOICES:
-        raise UserError(f"finetune.freeze must be encoder or none, not '{freeze}'.")
-    unfreeze = cfg.get("unfreeze_epoch")
-    unfreeze = None if unfreeze is None else as_int(unfreeze, "finetune.unfreeze_epoch", minimum=1)
-    if unfreeze is not None and freeze != "encoder":
-        raise UserError("finetune.unfreeze_epoch needs finetune.freeze=encoder (there is nothing to unfreeze).")
-    mult = as_float(cfg.get("encoder_lr_mult", 1.0), "finetune.encoder_lr_mult")
-    l2sp = as_float(cfg.get("l2sp", 0.0), "finetune.l2sp")
-    if not (0 <= mult < math.inf):
-        raise UserError(f"finetune.encoder_lr_mult must be >= 0, not {mult}.")
-    if not (0 <= l2sp < math.inf):
-        raise UserError(f"finetune.l2sp must be >= 0, not {l2sp}.")
-    return FinetuneOptions(freeze, unfreeze, mult, l2sp)
+# Until every caller takes TrainSpec.finetune: the parsed spec under its former names.
+FinetuneOptions = FinetuneSpec
+finetune_options = FinetuneSpec.parse
 
 
 @dataclass
@@ -136,7 +105,7 @@ def model_input_channels(model: nn.Module) -> int:
     return conv.in_channels if conv is not None else 0
 
 
-def lr_multipliers(model: nn.Module, num_classes: int, options: FinetuneOptions) -> Callable[[str], float] | None:
+def lr_multipliers(model: nn.Module, num_classes: int, options: FinetuneSpec) -> Callable[[str], float] | None:
     """finetune.encoder_lr_mult as a function of the parameter name (None: one lr for all)."""
     if options.encoder_lr_mult == 1.0:
         return None
