@@ -36,7 +36,6 @@ examples:
   imgcls predict checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
   imgcls train --help                            # config groups, options and keys
 """
-original_argv: list[str] = []
 # Config options that Hydra's launcher and sweeper plugins bring (the `cluster` extra).
 PLUGIN_OPTIONS = {"hydra/launcher/joblib", "hydra/launcher/submitit_slurm", "hydra/launcher/submitit_local",
                   "hydra/launcher/slurm", "hydra/sweeper/optuna"}
@@ -56,7 +55,6 @@ def fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    original_argv[:] = argv
     # The command as typed, for summary.json: also in jobs a launcher runs in other processes (joblib, SLURM).
     os.environ["IMGCLS_COMMAND"] = shlex.join(["imgcls", *argv])
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -116,9 +114,13 @@ def _run_hydra(command: str, rest: list[str]) -> int:
         from hydra.errors import ConfigCompositionException
 
         from imgcls_cli.commands.overrides import unknown_key_message
+        from imgcls_cli.commands.sweep import SweepFailed
 
         try:
             return main_fn()
+        except SweepFailed as exc:  # the summary table is printed: the jobs that failed, and exit status 1
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.code
         except ConfigCompositionException as exc:  # Hydra's "Could not override 'epoch'": say what is close
             message = unknown_key_message(command, rest, exc)
             if message is None:
@@ -130,12 +132,6 @@ def _run_hydra(command: str, rest: list[str]) -> int:
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    if status == 0 and command == "train":
-        from imgcls_cli.commands.sweep import failed_jobs
-
-        if failed_jobs:
-            print(f"error: {len(failed_jobs)} sweep job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)
-            return 1
     return status
 
 

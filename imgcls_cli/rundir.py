@@ -247,10 +247,6 @@ def git_commit() -> str | None:
 
 
 def command_line() -> str:
-    """The command as the user typed it (the CLI keeps it before handing argv to Hydra, in IMGCLS_COMMAND for the
-    jobs a launcher runs in other processes)."""
-    from imgcls_cli.cli import original_argv
-
-    if os.environ.get("IMGCLS_COMMAND"):
-        return os.environ["IMGCLS_COMMAND"]
-    return shlex.join(["imgcls", *(original_argv or sys.argv[1:])])
+    """The command as the user typed it: the CLI keeps it in IMGCLS_COMMAND before handing argv to Hydra (also for
+    the jobs a launcher runs in other processes)."""
+    return os.environ.get("IMGCLS_COMMAND") or shlex.join(["imgcls", *sys.argv[1:]])

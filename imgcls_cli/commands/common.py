@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -42,6 +44,12 @@ def require(cfg: DictConfig, *keys: str, usage: str) -> None:
 
 def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
+
+
+def command_line() -> str:
+    """The command as the user typed it, for summary.json: the CLI keeps it in IMGCLS_COMMAND before handing argv
+    to Hydra (also for the jobs a launcher runs in other processes); the engine is given it, never looks it up."""
+    return os.environ.get("IMGCLS_COMMAND") or shlex.join(["imgcls", *sys.argv[1:]])
 
 
 def run_command(cfg: DictConfig, body: Callable[[dict[str, Any], Path], Any],

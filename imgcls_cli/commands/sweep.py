@@ -9,10 +9,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls_cli import console as out
+from imgcls_cli.commands.runlock import release
 from imgcls_cli.rundir import write_csv
 
 COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
-failed_jobs: list[str] = []  # read by the CLI to set its exit status
+
+
+class SweepFailed(SystemExit):
+    """A sweep with failed jobs ends with exit status 1. A SystemExit, because Hydra turns a callback's Exceptions
+    into warnings; the CLI catches it to name the jobs (str() is its error line)."""
+
+    def __init__(self, jobs: list[str]) -> None:
+        super().__init__(1)
+        self.jobs = jobs
+
+    def __str__(self) -> str:
+        return f"{len(self.jobs)} sweep job(s) failed: {', '.join(self.jobs)}"
 
 
 def _job_number(path: Path) -> tuple[int, str]:
@@ -72,18 +84,24 @@ def _varying_overrides(rows: list[dict[str, Any]]) -> set[str]:
 
 
 class SweepSummary(Callback):
-    """Writes <sweep dir>/summary.csv and prints it as a table once every job has run."""
+    """Writes <sweep dir>/summary.csv and prints it as a table once every job has run; raises SweepFailed when a
+    job did not complete."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
-        failed_jobs[:] = [r["job"] for r in rows if r["status"] != "completed"]
+        failed = [r["job"] for r in rows if r["status"] != "completed"]
         write_compare(sweep_dir, rows)
         table = [[r.get(c) for c in COLUMNS] for r in rows]
         if spread := mean_std_row(rows):
             table.append(spread)
         # The terminal only: this process's log file is a job's (the last one's) or, when the jobs ran in
         # worker processes (joblib, submitit), none, and Hydra's own logger would print the table a second time.
-        out.console().print(out.table(f"Sweep: {len(rows)} jobs, {len(failed_jobs)} failed", COLUMNS, table))
+        out.console().print(out.table(f"Sweep: {len(rows)} jobs, {len(failed)} failed", COLUMNS, table))
         print(f"Run directory: {sweep_dir}", flush=True)
+        if failed:
+            # Hydra calls on_multirun_end in reverse order: RunDirGuard's, which lets go of the sweep directory,
+            # comes after this one and does not run once this raises.
+            release(sweep_dir)
+            raise SweepFailed(failed)
