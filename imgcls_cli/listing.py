@@ -8,8 +8,8 @@ from typing import Any, Sequence
 from rich.table import Table
 
 from imgcls_cli import console as out
+from imgcls_cli.commands.configs import option_configs
 from imgcls_cli.errors import UserError
-from imgcls_cli.paths import CONF_DIR
 
 GROUPS = {"models": "model", "datasets": "dataset", "augments": "augment", "optimizers": "optimizer",
           "schedules": "schedule"}
@@ -74,17 +74,9 @@ def _registry(group: str):
     return registry
 
 
-def _option_configs(group: str) -> dict[str, dict[str, Any]]:
-    """Config option -> its YAML keys as plain values."""
-    from omegaconf import OmegaConf
-
-    return {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-            for path in sorted((CONF_DIR / group).glob("*.yaml"))}
-
-
 def _options(group: str) -> dict[str, str]:
     """Config option -> the registry name it selects (its `name:` key)."""
-    return {option: str(cfg.get("name", option)) for option, cfg in _option_configs(group).items()}
+    return {option: str(cfg.get("name", option)) for option, cfg in option_configs(group).items()}
 
 
 def model_presets() -> list[ModelPreset]:
@@ -92,7 +84,7 @@ def model_presets() -> list[ModelPreset]:
     from imgcls_cli.models import MODELS
 
     presets = [ModelPreset(option, str(cfg.pop("name", option)), cfg)
-               for option, cfg in _option_configs("model").items()]
+               for option, cfg in option_configs("model").items()]
     selected = {p.name for p in presets}
     return presets + [ModelPreset(name, name) for name in MODELS.names() if name not in selected]
 
