@@ -16,6 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "imgcls_cli"
 EDGE = ("imgcls_cli.cli", "imgcls_cli.commands")  # the modules that may import Hydra and OmegaConf
+# The top: argv dispatch, the Hydra apps and `imgcls list`. They import the engine, data and models; never the reverse.
+TOP = (*EDGE, "imgcls_cli.__main__", "imgcls_cli.listing")
 CONFIG_LIBRARIES = {"hydra", "omegaconf"}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
@@ -148,16 +150,21 @@ def _shortest_cycle(graph: dict[str, set[str]], start: str, component: set[str])
     raise AssertionError(f"{start} is in a component but on no cycle")
 
 
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
 def config_library_imports(modules: dict[str, Module]) -> list[str]:
     """'module:line imports hydra...' for each module outside the command edge that imports Hydra or OmegaConf."""
-    found = []
-    for name, module in sorted(modules.items()):
-        if any(name == edge or name.startswith(edge + ".") for edge in EDGE):
-            continue
-        for line, target, _ in sorted(module.imports):
-            if target.split(".")[0] in CONFIG_LIBRARIES:
-                found.append(f"{name}:{line} imports {target}")
-    return found
+    return [f"{name}:{line} imports {target}" for name, module in sorted(modules.items()) if not _within(name, EDGE)
+            for line, target, _ in sorted(module.imports) if target.split(".")[0] in CONFIG_LIBRARIES]
+
+
+def imports_of_the_top(modules: dict[str, Module]) -> list[str]:
+    """'module:line imports imgcls_cli.cli' for each module below the top (TOP) that imports one of the top's."""
+    return [f"{name}:{line} imports {top}" for name, module in sorted(modules.items()) if not _within(name, TOP)
+            for line, target, names in sorted(module.imports)
+            for top in [target, *(f"{target}.{n}" for n in names)] if _within(top, TOP)]
 
 
 def long_functions(modules: dict[str, Module], limit: int) -> list[str]:
@@ -194,7 +201,7 @@ def test_a_cycle_through_function_level_relative_and_submodule_imports_is_found_
     assert import_graph(modules)["pkg.d"] == {"pkg.leaf"}
 
 
-def test_hydra_outside_the_edge_and_long_functions_are_named(tmp_path):
+def test_hydra_outside_the_edge_an_import_of_the_cli_and_long_functions_are_named(tmp_path):
     pkg = _write(tmp_path / "imgcls_cli", {
         "__init__.py": "",
         "cli.py": "import hydra\n",
@@ -202,9 +209,11 @@ def test_hydra_outside_the_edge_and_long_functions_are_named(tmp_path):
         "commands/train.py": "from omegaconf import OmegaConf\n",
         "engine/__init__.py": "",
         "engine/loop.py": "def fit():\n    from omegaconf import OmegaConf\n" + "    x = 1\n" * 80,
+        "rundir.py": "def command():\n    from imgcls_cli import cli\n",
     })
     modules = load_package(pkg)
     assert config_library_imports(modules) == ["imgcls_cli.engine.loop:2 imports omegaconf"]
+    assert imports_of_the_top(modules) == ["imgcls_cli.rundir:2 imports imgcls_cli.cli"]
     assert long_functions(modules, MAX_FUNCTION_LINES) == ["imgcls_cli.engine.loop.fit (loop.py:1): 82 lines"]
 
 
@@ -226,6 +235,11 @@ def test_no_import_cycles(package):
 def test_only_the_command_edge_imports_hydra_or_omegaconf(package):
     found = config_library_imports(package)
     assert not found, "only imgcls_cli/commands/ and imgcls_cli/cli.py import Hydra or OmegaConf:\n" + "\n".join(found)
+
+
+def test_the_engine_data_and_models_never_import_the_commands_or_the_cli(package):
+    found = imports_of_the_top(package)
+    assert not found, "the command line's modules import the engine, never the reverse:\n" + "\n".join(found)
 
 
 @pytest.mark.xfail(strict=False, reason="engine/train.py, data/datasets.py, data/augment.py, data/decode.py and "
