@@ -293,3 +293,21 @@ def test_runs_one_after_the_other_in_one_process_get_a_directory_each(tmp_path, 
     second = unique_dir("outputs/eval/2030-01-01_00-00-00")
     assert second == f"{first}_2" and (tmp_path / second).is_dir()
     release(Path(second))
+
+
+def test_a_sweep_whose_jobs_fail_in_process_says_which_returns_1_and_lets_go_of_its_directory(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    """The CLI called in-process: the summary is written, the failed jobs named in the last line, exit status 1,
+    and the sweep directory unlocked for whatever runs next in this process."""
+    from imgcls_cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands argv to Hydra through sys.argv
+    for name in ("IMGCLS_COMMAND", "HYDRA_FULL_ERROR", "OPENCV_LOG_LEVEL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    sweep = tmp_path / "sweep"
+    status = cli.main(["train", "-m", "seed=-1,-2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert status == 1, err
+    assert err[-1] == "error: 2 sweep job(s) failed: 0, 1"
+    assert (sweep / "summary.csv").is_file() and not (sweep / LOCK).exists()
