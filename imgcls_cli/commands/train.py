@@ -1,11 +1,68 @@
-"""`imgcls train`: the Hydra app over conf/train.yaml."""
+"""`imgcls train`: the Hydra app over conf/train.yaml. The config is checked into a TrainSpec here, once, before
+config.yaml is written; what the command line and the conf files decide is resolved here too, not in the engine."""
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+import logging
+from dataclasses import replace
+from typing import Any
 
-from imgcls_cli.commands.common import run_command, task_overrides
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from imgcls_cli.commands.common import plain, run_command, task_overrides
+from imgcls_cli.commands.configs import option_configs
+from imgcls_cli.errors import UserError
 from imgcls_cli.paths import CONF_DIR
+
+log = logging.getLogger("imgcls")
+
+
+def explicit_keys(overrides: list[str]) -> list[str]:
+    """The keys a command line's overrides set (`+key=`, `~key` and `key=` alike)."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+
+
+def dataset_configs() -> dict[str, dict[str, Any]]:
+    """Each dataset option's config as `dataset=<option>` composes it: train.yaml's dataset keys under the option's
+    own (what domain.target=<option> trains against)."""
+    base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"), resolve=False)["dataset"]
+    return {name: {**base, **own} for name, own in option_configs("dataset").items()}  # type: ignore[dict-item]
+
+
+def parse(cfg: DictConfig, explicit: list[str]) -> tuple[Any, dict[str, Any] | None]:
+    """(the TrainSpec, init=PATH's checkpoint or None). dataset.image_size becomes the size init=PATH trained at,
+    or the model's own resolution, unless the command line set it: in cfg too, so that config.yaml says the size
+    the run trains at."""
+    from imgcls_cli.checkpoint import load_checkpoint
+    from imgcls_cli.specs.train import TrainSpec
+
+    spec = TrainSpec.parse(plain(cfg), explicit, dataset_configs())
+    init = load_checkpoint(spec.init) if spec.init else None
+    size = asked_image_size(spec, init)
+    if size is not None:
+        cfg.dataset.image_size = size
+        config = plain(cfg)
+        spec = replace(spec, dataset=config["dataset"], config=config)
+    return spec, init
+
+
+def asked_image_size(spec: Any, init: dict[str, Any] | None) -> int | None:
+    """The size init=PATH was trained at, or the model's own resolution (EfficientNet's scaled one, pretrained
+    weights' crop), where it is not dataset.image_size and the command line did not set dataset.image_size."""
+    from imgcls_cli.engine.distributed import quiet_rank
+    from imgcls_cli.models import input_size
+
+    if "dataset.image_size" in spec.explicit_keys:
+        return None
+    wanted = int(init["input"]["size"]) if init else input_size(spec.model["name"], spec.model_kwargs)
+    have = spec.dataset.get("image_size")
+    if wanted is None or wanted == have:
+        return None
+    if not quiet_rank():
+        asker = f"init={spec.init}" if init else f"model {spec.model['name']}"
+        log.info(f"{asker} asks for {wanted}x{wanted} inputs: dataset.image_size {have} -> {wanted} (set "
+                 "dataset.image_size to choose)")
+    return int(wanted)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -15,10 +72,20 @@ def main(cfg: DictConfig) -> float | None:
     None when the job failed or diverged (a failed row in the sweep summary): Optuna's sweeper records a failed
     trial for a value that is not a number, and the study goes on.
     """
-    from imgcls_cli.engine.train import run_training  # torch loads after Hydra has checked the arguments
+    from hydra.core.hydra_config import HydraConfig
 
-    explicit = [o.split("=", 1)[0].lstrip("+~") for o in task_overrides()]
-    summary = run_command(cfg, lambda config, run_dir: run_training(config, run_dir, explicit))
+    from imgcls_cli.engine.train import Run, run_training  # torch loads after Hydra has checked the arguments
+
+    explicit = explicit_keys(task_overrides())
+
+    def check(cfg: DictConfig) -> None:
+        try:
+            parse(cfg, explicit)
+        except UserError as exc:  # a run refused before it starts is a failed run (summary.json says why)
+            Run(plain(cfg), HydraConfig.get().runtime.output_dir).write_summary("failed", error=str(exc))
+            raise
+
+    summary = run_command(cfg, lambda config, run_dir: run_training(config, run_dir, explicit), check=check)
     if summary is None or summary.get("status") != "completed":
         return None
     return summary.get("best_val_accuracy")
