@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from imgcls_cli.data import datasets
-from imgcls_cli.data.datasets import channel_stats, convert_channels, load_dataset, resize_batch
+from imgcls_cli.data import datasets, pixels
+from imgcls_cli.data.datasets import channel_stats, load_dataset
+from imgcls_cli.data.pixels import convert_channels, resize_batch
 from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.data.splits import stratified_split, stratified_subset
 from imgcls_cli.errors import UserError
@@ -110,7 +111,7 @@ def test_resize_in_chunks_gives_the_same_images_as_all_at_once(size, monkeypatch
     """Large datasets are resized a chunk at a time (bounded memory); the result must not depend on it."""
     x = np.random.default_rng(0).integers(0, 256, (7, 3, 12, 12), dtype=np.uint8)
     whole = resize_batch(x, size)
-    monkeypatch.setattr(datasets, "RESIZE_CHUNK_BYTES", 3 * 4 * 3 * 24 * 24)  # 3 images a chunk
+    monkeypatch.setattr(pixels, "RESIZE_CHUNK_BYTES", 3 * 4 * 3 * 24 * 24)  # 3 images a chunk
     chunked = resize_batch(x, size)
     assert chunked.dtype == np.uint8 and np.array_equal(chunked, whole)
 

@@ -15,14 +15,12 @@ resizes them, a chunk at a time so that memory stays bounded (Fashion-MNIST: 70,
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from imgcls_cli.data.datasets import DATASETS, Source, digits, fashion_mnist
-from imgcls_cli.errors import UserError, as_float
+from imgcls_cli.data.builders import DATASETS, Source, digits, fashion_mnist
 
 NOISE_SEED = 12345  # fixed: the noisy images are the same in every run
 CHUNK_BYTES = 64 * 2**20  # float32 working memory per chunk of images
@@ -80,20 +78,6 @@ def add_noise(images: np.ndarray, std: float, seed: int = NOISE_SEED) -> np.ndar
     return out
 
 
-def _angle(value: Any) -> float:
-    angle = as_float(value, "dataset.angle")
-    if not math.isfinite(angle):
-        raise UserError(f"dataset.angle must be a finite number of degrees, not {value!r}.")
-    return angle
-
-
-def _noise_std(value: Any) -> float:
-    std = as_float(value, "dataset.noise_std")
-    if not (math.isfinite(std) and std >= 0):
-        raise UserError(f"dataset.noise_std must be a number >= 0 (a fraction of 255), not {value!r}.")
-    return std
-
-
 @DATASETS.register("digits_inverted")
 def digits_inverted(**kwargs: Any) -> Source:
     """scikit-learn's digits with inverted intensities (255 - x): dark digits on white, a domain-shift target."""
@@ -102,16 +86,14 @@ def digits_inverted(**kwargs: Any) -> Source:
 
 
 @DATASETS.register("fashion_mnist_rotated")
-def fashion_mnist_rotated(*, angle: Any = 45, **kwargs: Any) -> Source:
+def fashion_mnist_rotated(*, angle: float = 45, **kwargs: Any) -> Source:
     """Fashion-MNIST with every image rotated by dataset.angle degrees counter-clockwise (bilinear, black fill)."""
-    angle = _angle(angle)
     source = fashion_mnist(**kwargs)
     return _with_images(source, rotate(source.images, angle))
 
 
 @DATASETS.register("fashion_mnist_noisy")
-def fashion_mnist_noisy(*, noise_std: Any = 0.3, **kwargs: Any) -> Source:
+def fashion_mnist_noisy(*, noise_std: float = 0.3, **kwargs: Any) -> Source:
     """Fashion-MNIST with fixed additive Gaussian noise of std dataset.noise_std (fraction of 255), clipped."""
-    std = _noise_std(noise_std)
     source = fashion_mnist(**kwargs)
-    return _with_images(source, add_noise(source.images, std))
+    return _with_images(source, add_noise(source.images, noise_std))

@@ -1,7 +1,17 @@
-"""Stratified, seeded splits and subsets of label arrays."""
+"""Splitting a dataset: stratified, seeded splits, folds and subsets of label arrays; the splits that files name
+or that a run's splits.csv recorded; and the one-line errors when a fraction leaves a split empty."""
 from __future__ import annotations
 
+import csv
+import math
+from pathlib import Path
+
 import numpy as np
+
+from imgcls_cli.errors import UserError
+
+SPLITS = ("train", "val", "test")
+SPLIT_WORDS = {"val": "validation", "test": "test"}
 
 
 def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
@@ -46,3 +56,80 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
             folds[(i + offset) % k].append(idx[i::k])
         offset += len(idx) % k
     return [np.sort(np.concatenate(f)).astype(np.int64) for f in folds]
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, np.ndarray]:
+    """train/val/test carved by the fractions (stratified, seeded)."""
+    if val_fraction + test_fraction >= 1.0:
+        raise UserError("dataset.val_fraction + dataset.test_fraction must leave some data to train on (sum < 1).")
+    val, test, train = stratified_split(labels, [val_fraction, test_fraction], seed)
+    check_carved(labels, {"val": (val_fraction, val), "test": (test_fraction, test)})
+    return {"train": train, "val": val, "test": test}
+
+
+def check_carved(labels: np.ndarray, carved: dict[str, tuple[float, np.ndarray]]) -> None:
+    """A split carved with a fraction > 0 that came out empty: the classes are too small for the fraction (it is
+    taken per class, rounded), which is the cause to give, not the fraction."""
+    for split, (fraction, part) in carved.items():
+        if fraction <= 0 or len(part):
+            continue
+        classes, counts = np.unique(labels, return_counts=True)
+        biggest = int(counts.max()) if len(counts) else 0
+        sizes = (f"{len(classes)} classes with {biggest} image(s) each" if counts.min() == biggest
+                 else f"{len(classes)} classes with at most {biggest} image(s) each")
+        need = math.ceil(100 / max(biggest, 1)) / 100
+        fix = (f"raise dataset.{split}_fraction to {need} or more, " if need < 1 - 1e-9 else "") + \
+            "add images"
+        raise UserError(
+            f"dataset.{split}_fraction={fraction} leaves no {SPLIT_WORDS[split]} image: {sizes} are too few "
+            f"({fraction} of {biggest} rounds to 0 per class); {fix}, or set dataset.{split}_fraction=0 to go "
+            f"without a {SPLIT_WORDS[split]} split.")
+
+
+def fold_indices(indices: dict[str, np.ndarray], labels: np.ndarray, folds: int, fold: int,
+                  seed: int, classes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """k-fold cross-validation over train + val (stratified, seeded): fold `fold` validates, the rest train.
+    Every fold must see every class: folds may not exceed the images of the smallest class."""
+    pool = np.sort(np.concatenate([indices["train"], indices["val"]]))
+    present, counts = np.unique(labels[pool], return_counts=True)
+    if len(counts) and folds > counts.min():
+        smallest = int(present[np.argmin(counts)])
+        name = classes[smallest] if classes and smallest < len(classes) else str(smallest)
+        fix = (f"use dataset.folds between 2 and {int(counts.min())}" if counts.min() >= 2
+               else "add images of it")
+        raise UserError(f"dataset.folds={folds} is more than the {int(counts.min())} image(s) of class '{name}' in "
+                        f"train+val: every fold needs an image of each class; {fix}.")
+    parts = stratified_folds(labels[pool], folds, seed)
+    val = pool[parts[fold]]
+    train = pool[np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))]
+    return {"train": train, "val": val, "test": indices["test"]}
+
+
+def named_splits(names: np.ndarray, labels: np.ndarray, seed: int, val_fraction: float,
+                  test_fraction: float) -> dict[str, np.ndarray]:
+    """The splits the files name; a split that no file names is carved from train (stratified, seeded)."""
+    predefined = {s: np.flatnonzero(names == s) for s in SPLITS}
+    if len(predefined["train"]) == 0:
+        raise UserError("no readable training images (none in train/ or in rows with split=train).")
+    carve = [(s, f) for s, f in (("val", val_fraction), ("test", test_fraction)) if len(predefined[s]) == 0]
+    parts = stratified_split(labels[predefined["train"]], [f for _, f in carve], seed)
+    check_carved(labels[predefined["train"]], {s: (f, part) for (s, f), part in zip(carve, parts)})
+    for (split, _), part in zip(carve, parts):
+        predefined[split] = predefined["train"][part]
+    predefined["train"] = predefined["train"][parts[-1]]
+    return predefined
+
+
+def indices_from_file(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
+    """The splits a training run wrote (splits.csv): the same images in the same splits, whatever was added since."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+    except OSError as exc:
+        raise UserError(f"cannot read the splits file {path}: {exc.strerror or exc}") from None
+    from imgcls_cli.rundir import unescape_cell  # ids a spreadsheet would take for formulas are written quoted
+
+    where = {unescape_cell(row[0]): row[1] for row in rows if len(row) >= 2}
+    known = [(i, where.get(sample_id)) for i, sample_id in enumerate(ids)]
+    return {s: np.array([i for i, split in known if split == s], dtype=np.int64) for s in SPLITS}

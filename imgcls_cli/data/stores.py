@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from imgcls_cli.data.decode import DecodeError, decode_image
+from imgcls_cli.data.pixels import convert_channels, resize_batch
 from imgcls_cli.errors import UserError
 
 log = logging.getLogger("imgcls")
@@ -84,8 +85,6 @@ class ArrayStore:
         return ArrayStore(self.array, self.index[positions], self.channels, self.size)
 
     def load(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from imgcls_cli.data.datasets import convert_channels, resize_batch
-
         rows = self.index[positions]
         order = np.argsort(rows, kind="stable")  # sorted reads: a memmap reads forward on the disk
         batch = np.empty((len(rows), *self.array.shape[1:]), np.uint8)
