@@ -1,21 +1,26 @@
-"""Helpers and shared fixtures for the end-to-end CLI tests (tests/test_cli.py).
+"""Helpers and shared fixtures for the end-to-end CLI tests (tests/test_cli.py and the other *_cli files).
 
-Every CLI call is a real subprocess, `python -m imgcls_cli ...`, as a user would type it. Each one pays
-~3-4 s of interpreter + torch start-up, so the expensive things are done once per session (one tiny
-training run, one sweep, one failing sweep) and the many cheap independent calls (user mistakes, help
-texts) run a few at a time in parallel.
+A CLI call as a user types it is a real subprocess, `python -m imgcls_cli ...` (run_cli, run_many): each one
+pays ~3-4 s of interpreter + torch + Hydra start-up, so the expensive things are done once per session (one tiny
+training run, one sweep, one failing sweep). The many cheap independent calls (user mistakes, help texts,
+composed configs) run in ONE child process that calls `imgcls_cli.cli.main(argv)` for each (run_in_one_process):
+the same exit status, stdout and stderr, for one start-up. A representative set stays real subprocesses.
 
+Run as a script (`python tests/conftest.py CASES RESULTS`), this file is that child process.
 Nothing here is autouse: the fixtures cost nothing to the other test files unless requested.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +50,25 @@ TINY = [*TINY_SETTINGS_NO_EPOCHS, f"epochs={TINY_EPOCHS}"]
 SYNTHETIC_CLASSES = ["horizontal", "vertical", "diagonal", "circular", "noise"]
 
 RUN_TIMEOUT = 240  # seconds, per subprocess: a hang fails the test instead of the whole session
+BATCH_TIMEOUT = 600  # seconds, for all the calls of one run_in_one_process
+ROOT = Path(__file__).resolve().parents[1]
 PARALLEL = max(2, min(4, os.cpu_count() or 2))
 RUN_DIR_LINE = re.compile(r"^Run directory: (.+)$")
+
+
+# --------------------------------------------------------------------------------------------- the workers' order
+# Test files by their cost, the costliest first (seconds of one worker, `--durations` on two cores). xdist hands a
+# whole file to a worker (--dist loadfile) in collection order (--no-loadscope-reorder): the long files start at
+# once and the short ones fill in at the end, so that both workers finish together. Files not listed come after.
+COSTLIEST_FIRST: list[str] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
+    result = yield
+    rank = {name: i for i, name in enumerate(COSTLIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+    return result
 
 
 # --------------------------------------------------------------------------------------------- running the CLI
@@ -103,6 +125,66 @@ def run_many(calls: dict[str, tuple[Sequence[str], Path]]) -> dict[str, Result]:
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = {name: pool.submit(run_cli, *args, cwd=cwd) for name, (args, cwd) in calls.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def run_in_one_process(calls: dict[str, tuple[Sequence[str], Path]], env: dict[str, str] | None = None,
+                       timeout: float = BATCH_TIMEOUT) -> dict[str, Result]:
+    """{name: (args, cwd)} -> {name: Result}, every call `imgcls_cli.cli.main(args)` in one child process, in turn.
+
+    For calls that start no other process and need no signal: exit status, stdout and stderr are those of
+    `imgcls ARGS` typed in cwd (a traceback is exit status 1 with the traceback on stderr), for one start-up.
+    env replaces the child's environment (default: cli_env()).
+    """
+    import tempfile
+
+    names = list(calls)
+    cases = [{"args": [str(a) for a in calls[n][0]], "cwd": str(calls[n][1])} for n in names]
+    with tempfile.TemporaryDirectory(prefix="imgcls-batch-") as scratch:
+        cases_file, results_file = Path(scratch) / "cases.json", Path(scratch) / "results.json"
+        cases_file.write_text(json.dumps(cases), encoding="utf-8")
+        child_env = dict(cli_env() if env is None else env)
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH")]))
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(cases_file), str(results_file)],
+                              cwd=scratch, env=child_env, capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0 and results_file.is_file(), (
+            f"the in-process CLI runner failed (exit {proc.returncode}):\n"
+            f"{proc.stdout.decode('utf-8', 'replace')[-3000:]}\n{proc.stderr.decode('utf-8', 'replace')[-3000:]}")
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+    return {name: Result(case["args"], r["returncode"], r["stdout"], r["stderr"], Path(case["cwd"]))
+            for name, case, r in zip(names, cases, results)}
+
+
+def _call_in_this_process(args: list[str], cwd: str) -> dict:
+    """`imgcls ARGS` in cwd, in this process: exit status, stdout, stderr; cwd, argv and environment restored."""
+    from imgcls_cli import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_cwd, saved_argv, saved_env = os.getcwd(), list(sys.argv), dict(os.environ)
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    os.chdir(cwd)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli.main(list(args))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001 - the command's failure, reported as a process would
+            traceback.print_exc()
+            status = 1
+    seconds = time.perf_counter() - start
+    os.chdir(saved_cwd)
+    sys.argv[:] = saved_argv
+    os.environ.clear()
+    os.environ.update(saved_env)
+    return {"returncode": status if isinstance(status, int) else 0, "stdout": out.getvalue(),
+            "stderr": err.getvalue(), "seconds": round(seconds, 2)}
+
+
+def _child_main(cases_file: str, results_file: str) -> None:
+    cases = json.loads(Path(cases_file).read_text(encoding="utf-8"))
+    results = [_call_in_this_process(case["args"], case["cwd"]) for case in cases]
+    Path(results_file).write_text(json.dumps(results), encoding="utf-8")
 
 
 def wait_for_mid_epoch_checkpoint(last: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
@@ -262,3 +344,7 @@ def failing_sweep_run(tmp_path_factory) -> Result:
     """`imgcls train -m seed=1,-1 <tiny>`: job 0 completes with another seed, job 1 (seed=-1) fails."""
     base = tmp_path_factory.mktemp("failing_sweep")
     return run_cli("train", "-m", "seed=1,-1", *TINY, f"hydra.sweep.dir={base / 'sweep'}", cwd=base)
+
+
+if __name__ == "__main__":
+    _child_main(*sys.argv[1:3])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_ok, assert_user_error, read_csv, read_json, run_cli, run_many
+from conftest import assert_ok, assert_user_error, read_csv, read_json, run_cli, run_in_one_process
 from test_datasets import write_bad_files, write_mode, write_tree
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -24,19 +24,20 @@ def image_folder_runs(tmp_path_factory):
     assert_ok(train)
     write_mode(base / "photos" / "digit 0" / "added_later", np.zeros((20, 20), np.uint8), 0)
     write_tree(base / "elsewhere", n=100)
-    runs = run_many({
+    # Streaming starts DataLoader workers: a real subprocess; the evals and the mistakes run through cli.main.
+    stream = run_cli("train", *common, "dataset.in_memory=false", "num_workers=1", f"hydra.run.dir={base / 'stream'}",
+                     cwd=base)
+    runs = run_in_one_process({
         "other_root": (["eval", f"checkpoint={base / 'run' / 'checkpoints' / 'best.pt'}",
                         f"+dataset.root={base / 'elsewhere'}", "split=val", f"hydra.run.dir={base / 'ev_other'}"],
                        base),
         "eval": (["eval", f"checkpoint={base / 'run' / 'checkpoints' / 'best.pt'}", f"hydra.run.dir={base / 'ev'}"],
                  base),
         "strict": (["train", *common, "dataset.on_bad_file=error"], base),
-        "stream": (["train", *common, "dataset.in_memory=false", "num_workers=1", f"hydra.run.dir={base / 'stream'}"],
-                   base),
         "no_root": (["train", "dataset=imagefolder"], base),
         "missing_mnist": (["train", "dataset=mnist", f"dataset.root={base / 'nothing'}"], base),
     })
-    return base, bad, train, runs
+    return base, bad, train, {**runs, "stream": stream}
 
 
 def test_image_folder_trains_and_lists_the_skipped_files(image_folder_runs):

@@ -10,26 +10,22 @@ README.md and docs/*.md are read as a user reads them:
   line shown under it, verbatim, and its exit status 2.
 - a ```yaml block whose first line is `# <path>.yaml` is written to that path first (an example config folder).
 
-Starting `imgcls` costs ~3 s a process, so all of them run in ONE child process (this file run as a script)
-that calls `imgcls_cli.cli.main(argv)` for each, in a scratch folder, and reports every result as JSON.
+Starting `imgcls` costs ~3 s a process, so all of them run in ONE child process (conftest.run_in_one_process)
+that calls `imgcls_cli.cli.main(argv)` for each, in a scratch folder.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import re
 import shlex
-import subprocess
 import sys
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import Result, cli_env, run_in_one_process
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -218,37 +214,8 @@ def all_checks() -> list[Check]:
 
 
 # ------------------------------------------------------------------------------------- running the commands
-def run_in_process(argv: list[str]) -> dict:
-    """imgcls argv, in this process: exit status, stdout, stderr (a traceback counts as a failure)."""
-    from imgcls_cli import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    start = time.perf_counter()
-    saved_argv, saved_env = list(sys.argv), dict(os.environ)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = cli.main(list(argv))
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # noqa: BLE001 - reported as the command's failure
-            traceback.print_exc()
-            status = "traceback"
-    seconds = time.perf_counter() - start
-    sys.argv[:] = saved_argv
-    os.environ.clear()
-    os.environ.update(saved_env)
-    return {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue(), "seconds": round(seconds, 2)}
-
-
-def child_main(cases_file: str, results_file: str) -> None:
-    """Run every case of cases_file (a JSON list of argv lists) in this process; write their results as JSON."""
-    cases = json.loads(Path(cases_file).read_text())
-    results = [run_in_process(argv) for argv in cases]
-    Path(results_file).write_text(json.dumps(results))
-
-
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, dict]:
+def results(tmp_path_factory) -> dict[str, Result]:
     """Every check's result, from one child process in a scratch folder holding the example files."""
     work = tmp_path_factory.mktemp("docs_commands")
     for name, text in example_files().items():
@@ -256,39 +223,34 @@ def results(tmp_path_factory) -> dict[str, dict]:
         (work / name).write_text(text)
     checks = all_checks()
     argvs = list({json.dumps(c.argv): c.argv for c in checks}.values())
-    (work / "cases.json").write_text(json.dumps(argvs))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "COLUMNS": "200", "NO_COLOR": "1"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "cases.json", "results.json"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"the docs' command runner failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    by_argv = dict(zip(map(json.dumps, argvs), json.loads((work / "results.json").read_text())))
-    return {c.key: by_argv[json.dumps(c.argv)] for c in checks}
+    ran = run_in_one_process({json.dumps(argv): (argv, work) for argv in argvs},
+                             env={**cli_env(), "COLUMNS": "200", "NO_COLOR": "1"})
+    return {c.key: ran[json.dumps(c.argv)] for c in checks}
 
 
-def describe(check: Check, result: dict) -> str:
+def describe(check: Check, result: Result) -> str:
     return (f"{check.where}: {check.shown}\nran: imgcls {shlex.join(check.argv)}\nexit status "
-            f"{result['status']}\n--- stdout ---\n{result['stdout'][-2000:]}\n--- stderr ---\n{result['stderr'][-3000:]}")
+            f"{result.returncode}\n--- stdout ---\n{result.stdout[-2000:]}\n--- stderr ---\n{result.stderr[-3000:]}")
 
 
 CHECKS = all_checks()
 
 
 @pytest.mark.parametrize("check", [c for c in CHECKS if c.expect_error is None], ids=lambda c: c.key)
-def test_every_documented_command_composes(check: Check, results: dict[str, dict]) -> None:
+def test_every_documented_command_composes(check: Check, results: dict[str, Result]) -> None:
     result = results[check.key]
-    assert result["status"] == 0, describe(check, result)
-    assert result["stdout"].strip(), describe(check, result)
-    assert "Traceback" not in result["stderr"], describe(check, result)
+    assert result.returncode == 0, describe(check, result)
+    assert result.stdout.strip(), describe(check, result)
+    assert "Traceback" not in result.stderr, describe(check, result)
 
 
 @pytest.mark.parametrize("check", [c for c in CHECKS if c.expect_error is not None], ids=lambda c: c.key)
-def test_every_documented_error_is_printed_verbatim(check: Check, results: dict[str, dict]) -> None:
+def test_every_documented_error_is_printed_verbatim(check: Check, results: dict[str, Result]) -> None:
     result = results[check.key]
-    lines = [line for line in result["stderr"].splitlines() if line.strip()]
-    assert result["status"] == 2, describe(check, result)
+    lines = result.stderr_lines
+    assert result.returncode == 2, describe(check, result)
     assert lines and lines[-1] == check.expect_error, describe(check, result)
-    assert "Traceback" not in result["stderr"], describe(check, result)
+    assert "Traceback" not in result.stderr, describe(check, result)
 
 
 # ------------------------------------------------------------------------------------------- the docs' shape
@@ -537,6 +499,3 @@ def test_the_defaults_the_configuration_reference_shows_are_those_of_conf() -> N
                 if not _same(shown, _value(config, key.removeprefix(prefix))):
                     wrong.append(f"{group}={option}: {key} shows {shown}, conf has {_value(config, key.removeprefix(prefix))!r}")
     assert not wrong, "docs/configuration.md shows defaults conf/ does not have:\n" + "\n".join(wrong)
-
-if __name__ == "__main__":
-    child_main(*sys.argv[1:3])

@@ -1,9 +1,10 @@
 """Sweeps through Hydra's plugins: joblib's parallel local jobs, the SLURM example launcher config, Optuna's
 search (`hparams_search=optuna`), and the one-line error when a plugin is not installed.
 
-Every CLI call is a real subprocess (conftest.run_cli); each job trains 300 synthetic images for 3 epochs in fp32
-on one thread (a second thread only contends for this machine's two cores). No SLURM here: the SLURM launcher is
-only composed, never submitted.
+The sweeps are real subprocesses (conftest.run_cli); each job trains 300 synthetic images for 3 epochs in fp32
+on one thread (a second thread only contends for this machine's two cores). The launcher configs, the help and the
+missing-plugin errors need no job: they run through cli.main in one process (conftest.run_in_one_process). No
+SLURM here: the SLURM launcher is only composed, never submitted.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from conftest import (
     assert_no_traceback,
     assert_ok,
     assert_user_error,
+    cli_env,
     csv_header,
     read_csv,
     read_json,
     run_cli,
-    run_many,
+    run_in_one_process,
 )
 
 SWEEP_COLUMNS = ["job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds"]
@@ -94,7 +96,7 @@ def config_runs(tmp_path_factory) -> dict[str, Result]:
     """Composing the launcher configs (nothing runs), the help, and sweeps without the plugins installed."""
     base = tmp_path_factory.mktemp("launcher_configs")
     launcher = [f"hydra.sweep.dir={base / 'sweep'}", "--cfg", "hydra", "-p", "hydra.launcher", "--resolve"]
-    composed = run_many({
+    composed = run_in_one_process({
         "slurm": (["train", "hydra/launcher=slurm", *launcher], base / "slurm"),
         "slurm_set": (["train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu-long",
                        "hydra.launcher.timeout_min=30", "hydra.launcher.gpus_per_node=2", *launcher],
@@ -106,13 +108,13 @@ def config_runs(tmp_path_factory) -> dict[str, Result]:
     shim = base / "no_plugins"
     (shim / "hydra_plugins").mkdir(parents=True)
     (shim / "hydra_plugins" / "__init__.py").write_text("")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")])))
-        missing = run_many({
-            "no_joblib": (["train", "-m", "hydra/launcher=joblib", "seed=0,1", *TINY], base / "no_joblib"),
-            "no_submitit": (["train", "-m", "hydra/launcher=slurm", "seed=0,1", *TINY], base / "no_submitit"),
-            "no_optuna": (["train", "-m", "hparams_search=optuna", *TINY], base / "no_optuna"),
-        })
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
+    missing = run_in_one_process({
+        "no_joblib": (["train", "-m", "hydra/launcher=joblib", "seed=0,1", *TINY], base / "no_joblib"),
+        "no_submitit": (["train", "-m", "hydra/launcher=slurm", "seed=0,1", *TINY], base / "no_submitit"),
+        "no_optuna": (["train", "-m", "hparams_search=optuna", *TINY], base / "no_optuna"),
+    }, env=env)
     return {**composed, **missing}
 
 

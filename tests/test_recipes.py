@@ -5,13 +5,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, assert_ok, assert_user_error, read_json, run_many
+from conftest import TINY, assert_ok, assert_user_error, read_json, run_in_one_process
 from imgcls_cli.data.augment import build_augment
 from imgcls_cli.errors import UserError
 from imgcls_cli.models import create_model
-from imgcls_cli.optim import optimizer_options
 from imgcls_cli.paths import CONF_DIR
 from imgcls_cli.schedule import build_schedule
+from imgcls_cli.specs.optimizer import OptimizerSpec
+from imgcls_cli.specs.schedule import ScheduleSpec
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -44,7 +45,7 @@ def test_every_preset_opens_with_its_measurement_and_names_a_global_package():
 
 
 def test_presets_compose_and_digits_fast_trains_with_tta(tmp_path):
-    runs = run_many({
+    runs = run_in_one_process({
         **{f"cfg_{name}": (["train", f"+experiment={name}", "--cfg", "job"], tmp_path) for name in EXPERIMENTS},
         "run": (["train", "+experiment=digits_fast", "epochs=1", "tta=hflip", f"hydra.run.dir={tmp_path / 'r'}"],
                 tmp_path),
@@ -54,8 +55,8 @@ def test_presets_compose_and_digits_fast_trains_with_tta(tmp_path):
         assert_ok(runs[f"cfg_{name}"])
         cfg = yaml.safe_load(runs[f"cfg_{name}"].stdout)
         build_augment(cfg["augment"])
-        optimizer_options(cfg["optimizer"])
-        build_schedule(cfg["schedule"], cfg["epochs"])
+        OptimizerSpec.parse(cfg["optimizer"])
+        build_schedule(ScheduleSpec.parse(cfg["schedule"]), cfg["epochs"])
         model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
         create_model(cfg["model"]["name"], num_classes=10, in_channels=cfg["dataset"]["channels"],
                      image_size=cfg["dataset"]["image_size"], **model_kwargs)
