@@ -8,7 +8,9 @@ from torch import nn
 
 from conftest import assert_ok, assert_user_error, read_csv, read_json, run_cli, run_many
 from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
-from imgcls_cli.engine.inference import Scored, checkpoint_paths, combine, predict_probs
+from imgcls_cli.engine.ensemble import Scored, combine
+from imgcls_cli.engine.predictor import predict
+from imgcls_cli.specs.eval import checkpoint_paths
 from imgcls_cli.errors import UserError
 
 
@@ -45,19 +47,19 @@ class Halves(nn.Module):
 def test_tta_averages_the_softmax_of_the_views():
     x = torch.rand(4, 1, 8, 8)
     loader = [(x, torch.zeros(4, dtype=torch.long))]
-    plain, _ = predict_probs(Halves(), loader, torch.no_grad, "none")
-    flipped, _ = predict_probs(Halves(), [(x.flip(-1), loader[0][1])], torch.no_grad, "none")
-    both, _ = predict_probs(Halves(), loader, torch.no_grad, "hflip")
+    plain = predict(Halves(), loader, torch.no_grad, tta="none").outputs
+    flipped = predict(Halves(), [(x.flip(-1), loader[0][1])], torch.no_grad, tta="none").outputs
+    both = predict(Halves(), loader, torch.no_grad, tta="hflip").outputs
     assert torch.allclose(both, (plain + flipped) / 2) and not torch.allclose(both, plain)
-    four, _ = predict_probs(Halves(), loader, torch.no_grad, "hflip_shift")
+    four = predict(Halves(), loader, torch.no_grad, tta="hflip_shift").outputs
     assert four.shape == (4, 2) and torch.allclose(four.sum(1), torch.ones(4))
 
 
 def test_checkpoint_paths_take_a_path_a_list_or_a_glob(tmp_path):
     for name in ("b.pt", "a.pt"):
         (tmp_path / name).write_bytes(b"")
-    assert checkpoint_paths(str(tmp_path / "*.pt")) == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
-    assert checkpoint_paths(["x.pt", "y.pt"]) == ["x.pt", "y.pt"]
+    assert checkpoint_paths(str(tmp_path / "*.pt")) == (str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))
+    assert checkpoint_paths(["x.pt", "y.pt"]) == ("x.pt", "y.pt")
     with pytest.raises(UserError, match="matches no file"):
         checkpoint_paths(str(tmp_path / "*.pth"))
 

@@ -22,6 +22,7 @@ from imgcls_cli.data.datasets import load_dataset
 from imgcls_cli.engine.inference import dataset_for_checkpoint, run_eval
 from imgcls_cli.errors import UserError
 from imgcls_cli.paths import CONF_DIR
+from imgcls_cli.specs.eval import EvalSpec
 
 FOLDER_CLASSES = ["ant", "bee", "cat"]
 FOLDER_PER_CLASS = 12
@@ -33,10 +34,16 @@ def group(name: str, **keys) -> dict:
     return {**cfg, **keys}
 
 
+def eval_spec(dataset_cfg=None, dataset_keys=(), **keys) -> EvalSpec:
+    """The spec `imgcls eval` parses from its config: dataset=... (dataset_cfg), the dataset.* keys set on the
+    command line (dataset_keys) and eval's own keys, on the CPU."""
+    return EvalSpec.parse({"device": "cpu", "num_workers": 0, "dataset": dataset_cfg, **keys}, dataset_keys)
+
+
 def evaluate(checkpoint, run_dir: Path, **kwargs) -> dict:
     """`imgcls eval` in this process: its metrics.json."""
-    run_eval(str(checkpoint) if not isinstance(checkpoint, list) else list(map(str, checkpoint)),
-             run_dir, device="cpu", num_workers=0, **kwargs)
+    checkpoint = str(checkpoint) if not isinstance(checkpoint, list) else list(map(str, checkpoint))
+    run_eval(eval_spec(checkpoint=checkpoint, **kwargs), run_dir)
     return read_json(run_dir / "metrics.json")
 
 
@@ -299,8 +306,8 @@ def test_sweep_eval_checks_each_jobs_classes_and_leaves_out_each_jobs_seen_image
         (sweep / job / "checkpoints").mkdir(parents=True)
         shutil.copy(digits_run / "checkpoints" / "best.pt", sweep / job / "checkpoints" / "best.pt")
         shutil.copy(digits_run / "splits.csv", sweep / job / "splits.csv")
-    board = run_sweep_eval(sweep, tmp_path / "board", dataset_cfg=group("digits", test_fraction=0.3),
-                           dataset_keys=["test_fraction"], device="cpu", num_workers=0)
+    board = run_sweep_eval(eval_spec(group("digits", test_fraction=0.3), ["test_fraction"], sweep=str(sweep)),
+                           tmp_path / "board")
     seen = set(split_ids(digits_run)["train"]) | set(split_ids(digits_run)["val"])
     for row in board:
         assert row["excluded_seen"] > 100
@@ -308,7 +315,7 @@ def test_sweep_eval_checks_each_jobs_classes_and_leaves_out_each_jobs_seen_image
                                                / "predictions.csv")}
         assert scored and not scored & seen
     with pytest.raises(UserError, match="other classes"):
-        run_sweep_eval(sweep, tmp_path / "other", dataset_cfg=group("synthetic"), device="cpu", num_workers=0)
+        run_sweep_eval(eval_spec(group("synthetic"), sweep=str(sweep)), tmp_path / "other")
 
 
 # ------------------------------------------------------------------------------------------------ 13. values

@@ -14,17 +14,12 @@ from imgcls_cli.paths import CONF_DIR
 def _evaluate(cfg: dict[str, Any], run_dir: Path) -> Any:
     # torch loads after Hydra has checked the arguments
     from imgcls_cli.engine.inference import run_eval, run_sweep_eval
+    from imgcls_cli.specs.eval import EvalSpec
 
-    dataset = cfg.get("dataset")
     explicit = [o.split("=", 1)[0].lstrip("+~").removeprefix("dataset.") for o in task_overrides()
                 if o.lstrip("+~").startswith("dataset.")]
-    options = {"dataset_cfg": dataset, "dataset_keys": explicit, "split": cfg["split"], "device": cfg["device"],
-               "precision": cfg["precision"], "batch_size": cfg["batch_size"], "topk": cfg["topk"],
-               "num_workers": cfg.get("num_workers", "auto"), "tta": cfg.get("tta", "none"),
-               "ensemble": cfg.get("ensemble", "averaging"), "features": cfg.get("features", False)}
-    if cfg.get("sweep"):
-        return run_sweep_eval(cfg["sweep"], run_dir, **options)
-    return run_eval(cfg["checkpoint"], run_dir, **options)
+    spec = EvalSpec.parse(cfg, explicit)
+    return run_sweep_eval(spec, run_dir) if spec.sweep else run_eval(spec, run_dir)
 
 
 def _check(cfg: DictConfig) -> None:

@@ -13,10 +13,9 @@ from imgcls_cli.paths import CONF_DIR
 
 def _predict(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from imgcls_cli.engine.predict import run_predict  # torch loads after Hydra has checked the arguments
+    from imgcls_cli.specs.predict import PredictSpec
 
-    return run_predict(cfg["checkpoint"], cfg["inputs"], run_dir, device=cfg["device"], precision=cfg["precision"],
-                       batch_size=cfg["batch_size"], topk=cfg["topk"], num_workers=cfg["num_workers"],
-                       output=cfg["output"])
+    return run_predict(PredictSpec.parse(cfg), run_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")

@@ -12,6 +12,7 @@ import torch
 
 from imgcls_cli.cores import resolve_workers, usable_cores  # noqa: F401  (callers still import them here)
 from imgcls_cli.data.augment import BatchAugment
+from imgcls_cli.data.inputs import normalize
 from imgcls_cli.data.stores import Store
 
 
@@ -47,9 +48,7 @@ class DeviceLoader:
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         # A last batch of one would break batch norm in training; drop a short remainder only when asked.
         self.drop_last = drop_last and len(labels) > batch_size
-        device = images.device
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
         self._start: tuple[int, torch.Tensor | None] | None = None
@@ -122,7 +121,7 @@ class DeviceLoader:
             x = x.float().div_(255)
             if self.augment:
                 x = self.augment(x, gen)
-            x = (x - self.mean).mul_(self.inv_std)
+            x = normalize(x, self.mean, self.std)
             self.next_batch = b + 1
             yield x.contiguous(memory_format=self.memory_format), y
 

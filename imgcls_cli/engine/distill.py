@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcls_cli.data.inputs import InputSpec
+from imgcls_cli.engine.predictor import forward
 from imgcls_cli.errors import UserError, as_float
 
 
@@ -40,25 +42,17 @@ class Teacher:
     """A checkpoint's model in eval mode that takes the student's normalized batches.
 
     The teacher may be any architecture trained on the same classes; its own input size and normalization are
-    restored from the student's batch (resize, then re-normalize), so teacher and student need not share them.
+    restored from the student's batch (InputSpec.convert), so teacher and student need not share them.
     """
 
     def __init__(self, model: nn.Module, student_input: dict[str, Any], teacher_input: dict[str, Any],
                  device: torch.device) -> None:
         self.model = model.to(device).eval().requires_grad_(False)
-        view = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
-        self.s_mean, self.s_std = view(student_input["mean"]), view(student_input["std"])
-        self.t_mean, self.t_std = view(teacher_input["mean"]), view(teacher_input["std"])
-        self.size = int(teacher_input["size"])
+        self.student, self.input = InputSpec.from_dict(student_input), InputSpec.from_dict(teacher_input)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, amp: Callable[[], Any]) -> torch.Tensor:
-        x = x * self.s_std + self.s_mean
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        x = (x - self.t_mean) / self.t_std
-        with amp():
-            return self.model(x).float()
+        return forward(self.model, self.input.convert(x, self.student), amp, logits=True)
 
 
 def distill_options(cfg: dict[str, Any] | None) -> tuple[str | None, float, float]:

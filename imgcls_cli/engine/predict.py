@@ -5,7 +5,7 @@ import glob
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -15,12 +15,15 @@ from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.cores import resolve_workers
 from imgcls_cli.data.decode import DecodeError, decode_image, list_images
-from imgcls_cli.engine.device import autocast, resolve_device, resolve_precision
-from imgcls_cli.engine.inference import check_batch_size, check_topk, model_from_checkpoint
+from imgcls_cli.data.inputs import InputSpec
+from imgcls_cli.engine.device import resolve_device, resolve_precision
+from imgcls_cli.engine.inference import model_from_checkpoint
+from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
 from imgcls_cli.plots import plot_image_grid
 from imgcls_cli.rundir import file_kind, write_csv, write_json
+from imgcls_cli.specs.predict import PredictSpec
 
 log = logging.getLogger("imgcls")
 GLOB_CHARS = set("*?[")
@@ -93,59 +96,44 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[in
     return [i for i, _, _ in items], (torch.stack(good) if good else None), [e for _, _, e in items]
 
 
-def _workers(num_workers: Any, n_files: int) -> int:
-    if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
-        raise UserError(f"num_workers must be auto or a whole number >= 0, not {num_workers!r}.")
-    return resolve_workers(num_workers, items=n_files)
+def _decoded(loader: DataLoader, errors: list[str], shown: list[np.ndarray], inputs: InputSpec,
+             device: torch.device, memory_format: torch.memory_format) -> Iterator[tuple[torch.Tensor, None]]:
+    """The loader's decoded batches, normalized on the device; each file's error goes into errors, the first
+    decoded images into shown (for predictions.png)."""
+    for indices, images, errs in loader:
+        for i, e in zip(indices, errs):
+            errors[i] = e
+        if images is None:
+            continue
+        if len(shown) < GRID_LIMIT:
+            shown += list(images[: GRID_LIMIT - len(shown)].numpy())
+        yield inputs.normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format), None
 
 
-def run_predict(
-    checkpoint: str | Path,
-    inputs: str,
-    run_dir: str | Path,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 64,
-    topk: int = 5,
-    num_workers: Any = "auto",
-    output: str | None = None,
-) -> dict[str, Any]:
-    """Predict every input file; write predictions.csv (or `output`); return counts and the file written."""
-    topk, batch_size = check_topk(topk), check_batch_size(batch_size)
-    ckpt = load_checkpoint(checkpoint)
-    paths = resolve_inputs(inputs)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    model = model_from_checkpoint(ckpt, dev)
-    inp, classes = ckpt["input"], list(ckpt["classes"])
-    mean = torch.tensor(inp["mean"], device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(inp["std"], device=dev).view(1, -1, 1, 1)
-    loader = DataLoader(ImageFiles(paths, int(inp["channels"]), int(inp["size"])), batch_size=batch_size,
-                        num_workers=_workers(num_workers, len(paths)), collate_fn=_collate,
+def run_predict(spec: PredictSpec, run_dir: str | Path) -> dict[str, Any]:
+    """Predict every input file; write predictions.csv (or spec.output); return counts and the file written."""
+    ckpt = load_checkpoint(spec.checkpoint)
+    paths = resolve_inputs(spec.inputs)
+    dev = resolve_device(spec.device)
+    prec = resolve_precision(spec.precision, dev)
+    model, amp, channels_last = prepare(model_from_checkpoint(ckpt, dev), ckpt["config"], dev, spec.precision, prec)
+    inputs, classes = InputSpec.from_checkpoint(ckpt), list(ckpt["classes"])
+    loader = DataLoader(ImageFiles(paths, inputs.channels, inputs.size), batch_size=spec.batch_size,
+                        num_workers=resolve_workers(spec.num_workers, items=len(paths)), collate_fn=_collate,
                         pin_memory=dev.type == "cuda")
     errors = [""] * len(paths)
-    probs = []
     shown: list[np.ndarray] = []  # the first decoded images, for predictions.png
     start = time.perf_counter()
-    with torch.inference_mode():
-        for indices, images, errs in loader:
-            for i, e in zip(indices, errs):
-                errors[i] = e
-            if images is None:
-                continue
-            if len(shown) < GRID_LIMIT:
-                shown += list(images[: GRID_LIMIT - len(shown)].numpy())
-            x = (images.to(dev, non_blocking=True).float().div_(255) - mean) / std
-            with autocast(dev, prec):
-                logits = model(x)
-            probs.append(torch.softmax(logits.float(), 1).cpu())
+    batches = _decoded(loader, errors, shown, inputs, dev, torch.channels_last if channels_last else
+                       torch.contiguous_format)
+    probs_np = predict(model, batches, amp).outputs.numpy()
     seconds = time.perf_counter() - start
-    probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)), np.float32)
-    rows, columns = prediction_rows(probs_np, classes, [str(p) for p in paths], "path", topk, errors=errors)
-    target, as_json = output_paths(output, run_dir)
+    if len(probs_np) == 0:
+        probs_np = np.zeros((0, len(classes)), np.float32)
+    rows, columns = prediction_rows(probs_np, classes, [str(p) for p in paths], "path", spec.topk, errors=errors)
+    target, as_json = output_paths(spec.output, run_dir)
     write_csv(target, rows, columns)
-    write_json(as_json, [prediction_json(row, topk) for row in rows])
+    write_json(as_json, [prediction_json(row, spec.topk) for row in rows])
     if shown:
         labelled = [r for r in rows if not r["error"]][: len(shown)]
         plot_image_grid(np.stack(shown), [f"{r['label']} ({float(r['probability']):.2f})" for r in labelled],

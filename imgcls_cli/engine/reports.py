@@ -12,6 +12,12 @@ from imgcls_cli.plots import plot_confusion_matrix, plot_image_grid, plot_reliab
 from imgcls_cli.rundir import csv_line, spreadsheet_safe, write_csv, write_json, write_text_atomic
 
 
+def result_columns(topk: int) -> list[str]:
+    """The metrics a results table shows, in its order: eval's members table, the sweep leaderboard and the
+    Results table of a training run."""
+    return ["accuracy", f"top{topk}_accuracy", "f1_macro", "loss"]
+
+
 def prediction_rows(
     probs: np.ndarray,
     classes: Sequence[str],
