@@ -27,6 +27,7 @@ from imgcls_cli.errors import UserError
 from imgcls_cli.models import create_model
 from imgcls_cli.plots import plot_curves
 from imgcls_cli.rundir import write_csv, write_text_atomic
+from imgcls_cli.specs.predict import PredictSpec
 
 KWARGS = {"widths": [4, 8], "hidden": 8, "drop_rate": 0.3, "batch_norm": True, "num_classes": 3, "in_channels": 1,
           "image_size": 16}
@@ -54,6 +55,11 @@ def workspace(tmp_path_factory):
     return base, base / "best.pt", images
 
 
+def predict(checkpoint: Path, inputs: str, run_dir: Path, **settings) -> dict:
+    """`imgcls predict checkpoint=... inputs=... KEY=VALUE ...` without Hydra: the settings parsed as the command does."""
+    return run_predict(PredictSpec.parse({"checkpoint": checkpoint, "inputs": inputs, **settings}), run_dir)
+
+
 def files_in(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
@@ -75,7 +81,7 @@ def test_predict_into_dev_full_is_one_line_and_leaves_dev_alone(workspace, tmp_p
 def test_predict_into_dev_null_writes_through_and_puts_the_rest_in_the_run_dir(workspace, tmp_path):
     _, ckpt, images = workspace
     before = files_in(Path("/dev"))
-    summary = run_predict(ckpt, str(images[0].parent), tmp_path, device="cpu", num_workers=0, output="/dev/null")
+    summary = predict(ckpt, str(images[0].parent), tmp_path, device="cpu", num_workers=0, output="/dev/null")
     assert summary["predicted"] == 3
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert {"predictions.json", "predictions.png"} <= files_in(tmp_path)  # siblings beside a device go to the run
@@ -89,7 +95,7 @@ def test_predict_into_a_link_updates_its_target_and_the_link_stays(workspace, tm
     real.write_text("old\n")
     link = tmp_path / "link.csv"
     link.symlink_to(real)
-    run_predict(ckpt, str(images[0].parent), tmp_path / "run", device="cpu", num_workers=0, output=str(link))
+    predict(ckpt, str(images[0].parent), tmp_path / "run", device="cpu", num_workers=0, output=str(link))
     assert link.is_symlink() and os.readlink(link) == str(real)
     rows = read_csv(real)
     assert [r["path"] for r in rows] == [str(p) for p in images] and all(r["label"] in CLASSES for r in rows)
@@ -100,7 +106,7 @@ def test_predict_into_a_link_updates_its_target_and_the_link_stays(workspace, tm
 def test_predict_into_a_folder_is_refused(workspace, tmp_path):
     _, ckpt, images = workspace
     with pytest.raises(UserError, match="is a folder"):
-        run_predict(ckpt, str(images[0]), tmp_path / "run", device="cpu", num_workers=0, output=str(tmp_path))
+        predict(ckpt, str(images[0]), tmp_path / "run", device="cpu", num_workers=0, output=str(tmp_path))
 
 
 def test_atomic_writes_follow_links_keep_modes_and_refuse_loops(tmp_path):
@@ -498,7 +504,7 @@ def test_predictions_and_reports_of_a_formula_class_are_quoted(tmp_path):
     save_checkpoint(payload(classes), tmp_path / "f.pt")
     rng = np.random.default_rng(1)
     image = write_png(tmp_path / "x.png", rng.integers(0, 256, (1, 16, 16), dtype=np.uint8))
-    run_predict(tmp_path / "f.pt", str(image), tmp_path / "run", device="cpu", num_workers=0, topk=3)
+    predict(tmp_path / "f.pt", str(image), tmp_path / "run", device="cpu", num_workers=0, topk=3)
     text = (tmp_path / "run" / "predictions.csv").read_text(encoding="utf-8")
     assert "'=HYPERLINK" in text and ",=HYPERLINK" not in text and '"=HYPERLINK' not in text
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
@@ -512,13 +518,13 @@ def test_predictions_and_reports_of_a_formula_class_are_quoted(tmp_path):
 
 # ============================================================================ 12. FIFOs among predict's inputs
 def predict_with_fifo_guard(fifos: list[Path], *args, **kwargs):
-    """run_predict in a thread; if it is still waiting on a FIFO after 60 s, the FIFOs are opened for writing (so
+    """predict() in a thread; if it is still waiting on a FIFO after 60 s, the FIFOs are opened for writing (so
     a reader gets end-of-file) and the test fails instead of hanging."""
     outcome: dict = {}
 
     def target() -> None:
         try:
-            outcome["summary"] = run_predict(*args, **kwargs)
+            outcome["summary"] = predict(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             outcome["error"] = exc
 
