@@ -71,7 +71,7 @@ def test_the_default_config_parses_into_its_values(train_config, datasets):
     assert (spec.device, spec.precision, spec.channels_last, spec.num_workers) == ("auto", "auto", "auto", "auto")
     assert (spec.compile, spec.tensorboard, spec.on_nan, spec.tta, spec.topk) == (False, False, "stop", "none", 5)
     assert (spec.init, spec.resume, spec.every_n_steps, spec.val_every) == (None, None, 0, 1)
-    assert spec.dataset["name"] == "digits" and spec.model["name"] == "simple_cnn" and spec.augment.name == "none"
+    assert spec.dataset.name == "digits" and spec.model["name"] == "simple_cnn" and spec.augment.name == "none"
     assert spec.config == train_config() and spec.explicit_keys == frozenset()
 
 
@@ -87,8 +87,10 @@ def test_a_spec_is_frozen(train_config, datasets):
 def test_every_option_of_every_group_composes_and_parses(train_config, datasets, group, option):
     override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
     spec = parsed(train_config, datasets, override)
-    if group in ("model", "dataset"):
-        assert getattr(spec, group)["name"] == OmegaConf.load(CONF_DIR / group / f"{option}.yaml")["name"]
+    if group == "model":
+        assert spec.model["name"] == OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml")["name"]
+    elif group == "dataset":
+        assert spec.dataset.name == OmegaConf.load(CONF_DIR / "dataset" / f"{option}.yaml")["name"]
     elif group in ("augment", "optimizer", "schedule"):
         assert getattr(spec, group).name == option
     else:  # an experiment's own values
@@ -192,6 +194,8 @@ REFUSED = [
     (["early_stopping.mode=up"], "early_stopping.mode must be max or min, not 'up'."),
     (["early_stopping.patience=-1"], "early_stopping.patience must be a whole number >= 0, not -1."),
     (["ema.decay=1"], "ema.decay must be in (0, 1) (e.g. 0.999), or null for no EMA; not 1.0."),
+    (["dataset.val_fraction=2"], "dataset.val_fraction must be in [0, 1), not 2.0."),
+    (["dataset.image_size=3"], "dataset.image_size must be a whole number from 8 to 2048 (pixels a side), or auto, not 3."),
 ]
 
 

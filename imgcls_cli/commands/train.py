@@ -34,6 +34,7 @@ def parse(cfg: DictConfig, explicit: list[str]) -> tuple[Any, dict[str, Any] | N
     or the model's own resolution, unless the command line set it: in cfg too, so that config.yaml says the size
     the run trains at."""
     from imgcls_cli.checkpoint import load_checkpoint
+    from imgcls_cli.specs.dataset import DatasetSpec
     from imgcls_cli.specs.train import TrainSpec
 
     spec = TrainSpec.parse(plain(cfg), explicit, dataset_configs())
@@ -42,7 +43,7 @@ def parse(cfg: DictConfig, explicit: list[str]) -> tuple[Any, dict[str, Any] | N
     if size is not None:
         cfg.dataset.image_size = size
         config = plain(cfg)
-        spec = replace(spec, dataset=config["dataset"], config=config)
+        spec = replace(spec, dataset=DatasetSpec.from_config(config["dataset"]), config=config)
     return spec, init
 
 
@@ -55,12 +56,13 @@ def asked_image_size(spec: Any, init: dict[str, Any] | None) -> int | None:
     if "dataset.image_size" in spec.explicit_keys:
         return None
     wanted = int(init["input"]["size"]) if init else input_size(spec.model["name"], spec.model_kwargs)
-    have = spec.dataset.get("image_size")
+    have = spec.dataset.image_size  # None: auto
     if wanted is None or wanted == have:
         return None
     if not quiet_rank():
         asker = f"init={spec.init}" if init else f"model {spec.model['name']}"
-        log.info(f"{asker} asks for {wanted}x{wanted} inputs: dataset.image_size {have} -> {wanted} (set "
+        given = spec.config["dataset"].get("image_size")
+        log.info(f"{asker} asks for {wanted}x{wanted} inputs: dataset.image_size {given} -> {wanted} (set "
                  "dataset.image_size to choose)")
     return int(wanted)
 

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from imgcls_cli.cores import resolve_workers
 from imgcls_cli.errors import UserError, as_float, as_int
 from imgcls_cli.specs.augment import AugmentSpec
+from imgcls_cli.specs.dataset import DatasetSpec
 from imgcls_cli.specs.device import check_channels_last, check_precision
 from imgcls_cli.specs.eval import check_batch_size, check_topk, check_tta
 from imgcls_cli.specs.loop import BNRecalibrateSpec, DistributedSpec, EarlyStoppingSpec, EmaSpec
@@ -32,8 +33,7 @@ def _switch(cfg: Mapping[str, Any], key: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Every setting of a training run, checked. dataset and model stay the plain config groups until their own
-    specs hold them; config is the whole resolved config (what checkpoints and config.yaml record)."""
+    """Every setting of a training run, checked. model stays the plain config group until its own spec holds it; config is the whole resolved config (what checkpoints and config.yaml record)."""
 
     epochs: int
     batch_size: int | None  # None: auto, chosen once the training split's size is known
@@ -62,7 +62,7 @@ class TrainSpec:
     early_stopping: EarlyStoppingSpec
     ema: EmaSpec
     resume: str | None
-    dataset: dict[str, Any]
+    dataset: DatasetSpec
     model: dict[str, Any]
     augment: AugmentSpec
     config: dict[str, Any] = field(repr=False)
@@ -97,6 +97,7 @@ class TrainSpec:
         distributed = DistributedSpec.parse(cfg.get("distributed"))
         num_workers = cfg.get("num_workers", "auto")
         resolve_workers(num_workers)  # checks N
+        dataset = DatasetSpec.from_config(cfg["dataset"])
         return cls(
             epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, schedule=schedule,
             optimizer=optimizer, distill=distill, finetune=finetune, domain=domain, init=cfg.get("init") or None,
@@ -108,7 +109,7 @@ class TrainSpec:
             every_n_steps=as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
                                  minimum=0),
             early_stopping=EarlyStoppingSpec.parse(cfg.get("early_stopping")), ema=EmaSpec.parse(cfg.get("ema")),
-            resume=str(cfg["resume"]) if cfg.get("resume") else None, dataset=cfg["dataset"], model=cfg["model"],
+            resume=str(cfg["resume"]) if cfg.get("resume") else None, dataset=dataset, model=cfg["model"],
             augment=augment, config=cfg, explicit_keys=frozenset(explicit_keys))
 
     @property
