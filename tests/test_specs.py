@@ -94,7 +94,8 @@ def test_every_option_of_every_group_composes_and_parses(train_config, datasets,
     elif group in ("augment", "optimizer", "schedule"):
         assert getattr(spec, group).name == option
     else:  # an experiment's own values
-        assert (spec.epochs, spec.batch_size) == (train_config(override)["epochs"], train_config(override)["batch_size"])
+        config = train_config(override)
+        assert (spec.epochs, spec.batch_size) == (config["epochs"], config["batch_size"])
 
 
 def test_command_line_values_reach_the_spec(train_config, datasets):
@@ -195,7 +196,8 @@ REFUSED = [
     (["early_stopping.patience=-1"], "early_stopping.patience must be a whole number >= 0, not -1."),
     (["ema.decay=1"], "ema.decay must be in (0, 1) (e.g. 0.999), or null for no EMA; not 1.0."),
     (["dataset.val_fraction=2"], "dataset.val_fraction must be in [0, 1), not 2.0."),
-    (["dataset.image_size=3"], "dataset.image_size must be a whole number from 8 to 2048 (pixels a side), or auto, not 3."),
+    (["dataset.image_size=3"],
+     "dataset.image_size must be a whole number from 8 to 2048 (pixels a side), or auto, not 3."),
 ]
 
 

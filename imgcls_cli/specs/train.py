@@ -33,7 +33,8 @@ def _switch(cfg: Mapping[str, Any], key: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Every setting of a training run, checked. model stays the plain config group until its own spec holds it; config is the whole resolved config (what checkpoints and config.yaml record)."""
+    """Every setting of a training run, checked. model stays the plain config group until its own spec holds it;
+    config is the whole resolved config (what checkpoints and config.yaml record)."""
 
     epochs: int
     batch_size: int | None  # None: auto, chosen once the training split's size is known
@@ -95,20 +96,23 @@ class TrainSpec:
         if on_nan not in ON_NAN:
             raise UserError(f"on_nan must be stop or skip_batch, not '{on_nan}'.")
         distributed = DistributedSpec.parse(cfg.get("distributed"))
+        precision = check_precision(cfg["precision"])
+        channels_last = check_channels_last(cfg.get("channels_last", "auto"))
         num_workers = cfg.get("num_workers", "auto")
         resolve_workers(num_workers)  # checks N
-        dataset = DatasetSpec.from_config(cfg["dataset"])
+        compile_, tensorboard = _switch(cfg, "compile"), _switch(cfg, "tensorboard")
+        val_every = as_int(cfg.get("val_every", 1), "val_every", minimum=1)
+        every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
+                               minimum=0)
+        early_stopping, ema = EarlyStoppingSpec.parse(cfg.get("early_stopping")), EmaSpec.parse(cfg.get("ema"))
+        dataset = DatasetSpec.from_config(cfg["dataset"])  # last, as the data loading checked it after the rest
         return cls(
             epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, schedule=schedule,
             optimizer=optimizer, distill=distill, finetune=finetune, domain=domain, init=cfg.get("init") or None,
             label_smoothing=smoothing, topk=topk, tta=tta, bn_recalibrate=bn_recalibrate, on_nan=on_nan,
-            distributed=distributed, device=str(cfg["device"]), precision=check_precision(cfg["precision"]),
-            channels_last=check_channels_last(cfg.get("channels_last", "auto")), num_workers=num_workers,
-            compile=_switch(cfg, "compile"), tensorboard=_switch(cfg, "tensorboard"),
-            val_every=as_int(cfg.get("val_every", 1), "val_every", minimum=1),
-            every_n_steps=as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
-                                 minimum=0),
-            early_stopping=EarlyStoppingSpec.parse(cfg.get("early_stopping")), ema=EmaSpec.parse(cfg.get("ema")),
+            distributed=distributed, device=str(cfg["device"]), precision=precision, channels_last=channels_last,
+            num_workers=num_workers, compile=compile_, tensorboard=tensorboard, val_every=val_every,
+            every_n_steps=every_n_steps, early_stopping=early_stopping, ema=ema,
             resume=str(cfg["resume"]) if cfg.get("resume") else None, dataset=dataset, model=cfg["model"],
             augment=augment, config=cfg, explicit_keys=frozenset(explicit_keys))
 
