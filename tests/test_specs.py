@@ -220,3 +220,8 @@ def test_parsing_reads_no_file(train_config, datasets, tmp_path, monkeypatch):
     spec = parsed(train_config, datasets, "init=missing.pt", "distill.teacher=gone.pt", "resume=nowhere")
     assert (spec.init, spec.distill.teacher, spec.resume) == ("missing.pt", "gone.pt", "nowhere")
     assert not list(Path(tmp_path).iterdir())
+
+
+def test_batch_norm_recalibration_is_active_while_a_run_is_short():
+    assert [BNRecalibrateSpec("auto").active(s) for s in (0, 99, 100)] == [True, True, False]
+    assert BNRecalibrateSpec(True).active(10**6) and not BNRecalibrateSpec(False).active(0)

@@ -8,6 +8,10 @@ from imgcls_cli.errors import UserError, as_float, as_int
 
 STOPPING_METRICS = ("val_accuracy", "val_loss")
 BN_CHOICES = ("auto", True, False)
+# bn_recalibrate=auto recalibrates while the run has taken fewer optimizer steps than this: with batch norm's
+# default momentum 0.1 the running statistics then still hold more than 0.9^100 (3e-5) of their initial values,
+# and describe the weights of the last ~10 steps, a large share of a short run.
+BN_AUTO_STEPS = 100
 BACKENDS = ("auto", "gloo", "nccl")
 
 
@@ -57,6 +61,10 @@ class BNRecalibrateSpec:
 
     when: Any = "auto"
     images: int = 1024
+
+    def active(self, steps: int) -> bool:
+        """Whether the statistics are recomputed after a run has taken `steps` optimizer steps."""
+        return self.when is True or (self.when == "auto" and steps < BN_AUTO_STEPS)
 
     @classmethod
     def parse(cls, cfg: dict[str, Any]) -> BNRecalibrateSpec:
