@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError, as_int
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 
 WIDTHS = (64, 192, 384, 256, 256)
 POOL_AFTER = (0, 1, 4)  # max-pools follow conv1, conv2 and conv5

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 from imgcls_cli.models.layers import activation as activation_layer
 
 BOTTLENECK = 4  # the 1x1 conv of a dense layer makes BOTTLENECK * growth_rate channels ("4k" in the paper)

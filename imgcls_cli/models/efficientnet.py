@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 from imgcls_cli.models.layers import activation as activation_layer
 
 # Compound scaling (Tan & Le, 2019): depth alpha^phi, width beta^phi, resolution gamma^phi,

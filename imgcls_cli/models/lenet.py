@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 from imgcls_cli.models.layers import ACTIVATIONS, choice
 
 POOLS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:

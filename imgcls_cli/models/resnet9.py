@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 
 
 def _conv_bn(in_ch: int, out_ch: int, pool: bool = False) -> nn.Sequential:

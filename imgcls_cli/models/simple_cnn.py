@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 
 
 def _conv_block(in_ch: int, out_ch: int, batch_norm: bool, pool: bool) -> nn.Sequential:

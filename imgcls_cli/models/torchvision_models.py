@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from imgcls_cli.errors import UserError
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 from imgcls_cli.models.heads import head_name, is_head
 
 log = logging.getLogger("imgcls")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from imgcls_cli.errors import as_int
-from imgcls_cli.models import MODELS
+from imgcls_cli.models._api import MODELS
 
 CONFIGS: dict[str, list[list[int]]] = {  # conv widths of the five blocks
     "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
