@@ -17,6 +17,7 @@ import torch
 
 from imgcls_cli.errors import UserError
 from imgcls_cli.rundir import atomic_writer
+from imgcls_cli.specs.model import ModelSpec
 
 FORMAT = "imgcls-checkpoint"
 FORMAT_VERSION = 1
@@ -168,7 +169,7 @@ def check_fields(ckpt: dict[str, Any]) -> None:
     if model["name"] not in MODELS:
         raise Damaged(f"it names a model this imgcls does not have: {model['name'][:100]!r} "
                       f"(its models: {', '.join(MODELS.names())})")
-    check_kwargs(model.get("kwargs", {}), classes, channels)
+    check_kwargs(model["name"], model.get("kwargs", {}), classes, channels)
 
     if not isinstance(ckpt["config"], dict):
         raise Damaged(f"config must be a mapping (the run's resolved config), not {_show(ckpt['config'])}")
@@ -187,21 +188,22 @@ def check_fields(ckpt: dict[str, Any]) -> None:
         raise Damaged(f"task must be one of {', '.join(TASKS)}, not {_show(ckpt['task'])}")
 
 
-def check_kwargs(kwargs: Any, classes: list[str], channels: int) -> None:
-    """model.kwargs: plain values of sane size that agree with the classes and the input (raises Damaged)."""
+def check_kwargs(name: str, kwargs: Any, classes: list[str], channels: int) -> None:
+    """model.kwargs: plain values of sane size that agree with the classes and the input, each in its range as a
+    model config's would be (ModelSpec; raises Damaged)."""
     if not isinstance(kwargs, dict):
         raise Damaged(f"model.kwargs must be a mapping, not {_show(kwargs)}")
     for key, value in kwargs.items():
         if not isinstance(key, str) or not key.isidentifier():
             raise Damaged(f"model.kwargs has a key that is not a name: {_show(key)}")
-        name = f"model.kwargs.{key}"
+        label = f"model.kwargs.{key}"
         if isinstance(value, (list, tuple)):
             if len(value) > MAX_LIST_KWARG:
-                raise Damaged(f"{name} lists {len(value)} values (at most {MAX_LIST_KWARG})")
+                raise Damaged(f"{label} lists {len(value)} values (at most {MAX_LIST_KWARG})")
             for item in value:
-                _kwarg(item, name, key)
+                _plain(item, label)
         else:
-            _kwarg(value, name, key)
+            _plain(value, label)
     if "num_classes" in kwargs and kwargs["num_classes"] != len(classes):
         raise Damaged(f"model.kwargs.num_classes is {_show(kwargs['num_classes'])} but it lists {len(classes)} "
                       "classes")
@@ -209,28 +211,29 @@ def check_kwargs(kwargs: Any, classes: list[str], channels: int) -> None:
         raise Damaged(f"model.kwargs.in_channels is {_show(kwargs['in_channels'])} but input.channels is {channels}")
     if kwargs.get("image_size") is not None:
         _whole(kwargs["image_size"], "model.kwargs.image_size", *IMAGE_SIZES)
+    try:
+        ModelSpec.from_config({**kwargs, "name": name})
+    except UserError as exc:
+        raise Damaged(str(exc).rstrip(".")) from None
 
 
-def _kwarg(value: Any, name: str, key: str) -> None:
+def _plain(value: Any, label: str) -> None:
+    """A value a file may hold for a model kwarg: a plain value of a size no real model reaches."""
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, str):
         if len(value) > 200:
-            raise Damaged(f"{name} is a text of {len(value)} characters")
+            raise Damaged(f"{label} is a text of {len(value)} characters")
         return
     if isinstance(value, int):
         if not 0 <= value <= MAX_INT_KWARG:
-            raise Damaged(f"{name} must be a whole number from 0 to {MAX_INT_KWARG}, not {_show(value)}")
+            raise Damaged(f"{label} must be a whole number from 0 to {MAX_INT_KWARG}, not {_show(value)}")
         return
     if isinstance(value, float):
         if not math.isfinite(value) or abs(value) > MAX_FLOAT_KWARG:
-            raise Damaged(f"{name} must be a finite number, not {_show(value)}")
-        if (key.startswith("drop") or key.endswith("_prob")) and not 0 <= value < 1:
-            raise Damaged(f"{name} is a probability and must be in [0, 1), not {_show(value)}")
-        if key.endswith("_mult") and not 0 < value <= 64:
-            raise Damaged(f"{name} must be in (0, 64], not {_show(value)}")
+            raise Damaged(f"{label} must be a finite number, not {_show(value)}")
         return
-    raise Damaged(f"{name} must be a plain value (number, text, true/false, null or a list of those), "
+    raise Damaged(f"{label} must be a plain value (number, text, true/false, null or a list of those), "
                   f"not {_show(value)}")
 
 
@@ -268,8 +271,8 @@ def check_weights(ckpt: dict[str, Any]) -> None:
             raise Damaged(f"state_dict[{key!r}] claims {tensor.numel()} values over a storage of "
                           f"{tensor.untyped_storage().nbytes()} bytes")
     inp = ckpt["input"]
-    expected = model_shapes(ckpt["model"]["name"], ckpt["model"].get("kwargs", {}), len(state),
-                            (inp["channels"], inp["size"], len(ckpt["classes"])))
+    spec = ModelSpec(ckpt["model"]["name"], ckpt["model"].get("kwargs", {}))  # checked by check_fields
+    expected = model_shapes(spec, len(state), (inp["channels"], inp["size"], len(ckpt["classes"])))
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
@@ -284,21 +287,21 @@ def check_weights(ckpt: dict[str, Any]) -> None:
             raise Damaged(f"it holds non-finite weights (NaN or infinity) in {key}")
 
 
-def model_shapes(name: str, kwargs: dict[str, Any], num_tensors: int,
+def model_shapes(spec: ModelSpec, num_tensors: int,
                  io: tuple[int, int, int] | None = None) -> dict[str, tuple[int, ...]]:
-    """The state-dict shapes of registered model `name` built with `kwargs`, on the meta device (no memory for
-    weights). A build that registers far more tensors than the checkpoint holds is stopped early, so absurd
-    depths cannot exhaust the machine either; a build that fails is Damaged, in one line.
+    """The state-dict shapes of the model that spec describes, on the meta device (no memory for weights). A build
+    that registers far more tensors than the checkpoint holds is stopped early, so absurd depths cannot exhaust the
+    machine either; a build that fails is Damaged, in one line.
 
     io: (channels, size, classes): the model must also take a batch of that input and give one score per class
     (run on the meta device too: shapes only, no arithmetic)."""
     from imgcls_cli.models import create_model
 
-    limit = 4 * num_tensors + 1000
+    name, limit = spec.name, 4 * num_tensors + 1000
     try:
         with torch.device("meta"):
             with _registration_limit(limit):
-                model = create_model(name, for_checkpoint=True, **kwargs)
+                model = create_model(spec, for_checkpoint=True)
             if io is not None:
                 _check_runs_at(model.eval(), name, *io)
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
