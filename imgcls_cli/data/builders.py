@@ -66,10 +66,10 @@ def synthetic(*, image_size: int, channels: int, seed: int, num_samples: int = 2
 
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise UserError(f"dataset.num_classes must be between 2 and {len(CLASS_NAMES)} for synthetic, not {num_classes}.")
-    if int(num_samples) < 10 * int(num_classes):
-        raise UserError(f"dataset.num_samples must be at least 10 per class ({10 * int(num_classes)}), not {num_samples}.")
-    images, labels = make_synthetic(int(num_samples), int(num_classes), image_size, channels, seed)
-    return Source(images, labels, list(CLASS_NAMES[: int(num_classes)]))
+    if num_samples < 10 * num_classes:
+        raise UserError(f"dataset.num_samples must be at least 10 per class ({10 * num_classes}), not {num_samples}.")
+    images, labels = make_synthetic(num_samples, num_classes, image_size, channels, seed)
+    return Source(images, labels, list(CLASS_NAMES[:num_classes]))
 
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

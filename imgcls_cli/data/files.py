@@ -18,9 +18,9 @@ import numpy as np
 from imgcls_cli.cores import MOST_WORKERS, usable_cores
 from imgcls_cli.data.decode import DecodeError, decode_image, image_header, image_shape, list_images
 from imgcls_cli.errors import UserError
+from imgcls_cli.specs.dataset import BAD_FILE_CHOICES
 
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-BAD_FILE_CHOICES = ("skip", "error")
 # dataset.image_size/channels=auto: headers of at most AUTO_SAMPLE files (a seeded sample of larger datasets) are
 # read; files whose header does not say whether they are gray are decoded, at most AUTO_DECODES of them.
 AUTO_SAMPLE, AUTO_DECODES = 1000, 64
