@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from imgcls_cli.data import autoaugment  # noqa: F401  (registers randaugment and trivialaugment)
-from imgcls_cli.data.augment_ops import AUGMENTS, AffineOp, PixelOp, _chosen, _resample, _theta
+from imgcls_cli.data.augment_ops import AUGMENTS, AffineOp, PixelOp, affine_theta, chosen, resample
 from imgcls_cli.data.mix import Mixer
 from imgcls_cli.specs.augment import MIX_SETTINGS, AugmentSpec
 
@@ -54,7 +54,7 @@ class BatchAugment:
         if self.affine:
             x = self._warp(x, gen)
         for op in self.pixel:
-            x = op.apply(x, _chosen(len(x), op.p, gen), gen)
+            x = op.apply(x, chosen(len(x), op.p, gen), gen)
         return x
 
     def _warp(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -62,15 +62,15 @@ class BatchAugment:
         params = {"angle": torch.zeros(n), "scale": torch.ones(n), "tx": torch.zeros(n), "ty": torch.zeros(n),
                   "crop_w": torch.ones(n), "crop_h": torch.ones(n), "crop_x": torch.zeros(n), "crop_y": torch.zeros(n)}
         for op in self.affine:
-            mask = _chosen(n, op.p, gen)
+            mask = chosen(n, op.p, gen)
             for key, value in op.sample(n, gen, size).items():
                 params[key] = torch.where(mask, value, params[key])
         cos, sin = torch.cos(params["angle"]), torch.sin(params["angle"])
         s, w, h = params["scale"], params["crop_w"], params["crop_h"]
         # affine_grid maps output to input coordinates: the inverse of "rotate, scale, then shift", then
         # into the crop box, which the crop stretches over the whole image.
-        return _resample(x, _theta(w * cos / s, w * -sin / s, w * -2 * params["tx"] + params["crop_x"],
-                                   h * sin / s, h * cos / s, h * -2 * params["ty"] + params["crop_y"]))
+        return resample(x, affine_theta(w * cos / s, w * -sin / s, w * -2 * params["tx"] + params["crop_x"],
+                                        h * sin / s, h * cos / s, h * -2 * params["ty"] + params["crop_y"]))
 
 
 def build_augment(spec: AugmentSpec | Mapping[str, Any]) -> BatchAugment:

@@ -21,16 +21,16 @@ def _uniform(shape: int | tuple[int, ...], lo: float, hi: float, gen: torch.Gene
     return torch.rand(shape, generator=gen, dtype=torch.float64).mul_(hi - lo).add_(lo).float()
 
 
-def _chosen(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
+def chosen(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=gen) < p
 
 
-def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """CPU per-sample values on x's device, shaped to broadcast over (C, H, W)."""
     return values.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
 
 
-def _on_subset(x: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+def on_subset(x: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                ) -> torch.Tensor:
     """fn(x[idx], idx) written back at idx (mask and idx on the CPU): only the samples that drew an op pay for it."""
     idx = mask.nonzero().squeeze(1)
@@ -40,25 +40,25 @@ def _on_subset(x: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor, 
     return x.index_copy(0, on_device, fn(x.index_select(0, on_device), idx))
 
 
-def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Warp by per-sample affine_grid matrices (output -> input, normalized coordinates), zeros outside."""
     grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _theta(*entries: torch.Tensor | float) -> torch.Tensor:
+def affine_theta(*entries: torch.Tensor | float) -> torch.Tensor:
     """Six per-sample entries (a, b, tx, c, d, ty; scalars broadcast) as (N, 2, 3) affine_grid matrices."""
     columns = torch.broadcast_tensors(*(torch.as_tensor(e, dtype=torch.float32) for e in entries))
     return torch.stack(columns, dim=-1).view(-1, 2, 3)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """factor * x + (1 - factor) * other per sample, clamped: torchvision's colour-op formula."""
-    f = _per_sample(factor, x)
+    f = per_sample(factor, x)
     return (f * x + (1 - f) * other).clamp_(0, 1)
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
+def gray(x: torch.Tensor) -> torch.Tensor:
     """Luma (N, 1, H, W) with torchvision's weights; gray images are their own luma."""
     if x.shape[1] == 1:
         return x
@@ -177,7 +177,7 @@ def saturation(*, p: float, range: float) -> PixelOp:  # noqa: A002
 
     def apply(x: torch.Tensor, m: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         factor = torch.where(m, _uniform(len(m), lo, hi, g), torch.ones(len(m)))
-        return x if x.shape[1] == 1 else _blend(x, _gray(x), factor)
+        return x if x.shape[1] == 1 else blend(x, gray(x), factor)
 
     return PixelOp(p, apply)
 
@@ -204,7 +204,7 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
 def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of each RGB image by its own fraction of the colour wheel."""
     h, s, v = _rgb_to_hsv(x)
-    return _hsv_to_rgb((h + _per_sample(shift, x).squeeze(1)).remainder_(1), s, v)
+    return _hsv_to_rgb((h + per_sample(shift, x).squeeze(1)).remainder_(1), s, v)
 
 
 @AUGMENTS.register("hue")
@@ -214,7 +214,7 @@ def hue(*, p: float, range: float) -> PixelOp:  # noqa: A002
 
     def apply(x: torch.Tensor, m: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         shift = _uniform(len(m), -r, r, g)
-        return x if x.shape[1] == 1 else _on_subset(x, m, lambda s, i: _shift_hue(s, shift[i]))
+        return x if x.shape[1] == 1 else on_subset(x, m, lambda s, i: _shift_hue(s, shift[i]))
 
     return PixelOp(p, apply)
 
@@ -251,7 +251,7 @@ def random_erasing(*, p: float, scale: tuple[float, float], ratio: tuple[float, 
             pixels = torch.rand(s.shape, generator=g).to(s.device) if noise else fill
             return torch.where(_box_mask(top[i], left[i], h[i], w[i], s), pixels, s)
 
-        return _on_subset(x, m & fits.any(1), erase)
+        return on_subset(x, m & fits.any(1), erase)
 
     return PixelOp(p, apply)
 
@@ -268,9 +268,9 @@ def cutmix(*, alpha: float) -> MixOp:
     return MixOp("cutmix", alpha)
 
 
-def _tv_functional() -> Any:
+def tv_functional() -> Any:
     """torchvision.transforms.v2.functional, imported on first use (torchvision costs ~1.5 s to import)."""
-    import torchvision.transforms.v2.functional as tv_functional
+    import torchvision.transforms.v2.functional as functional
 
-    return tv_functional
+    return functional
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcls_cli.data.augment_ops import (
-    AUGMENTS, PixelOp, _blend, _gray, _on_subset, _per_sample, _resample, _theta, _tv_functional,
+    AUGMENTS, PixelOp, affine_theta, blend, gray, on_subset, per_sample, resample, tv_functional,
 )
 
 Magnitudes = Callable[[int, int, int], torch.Tensor]  # (num_bins, height, width) -> one magnitude per bin
@@ -69,30 +69,30 @@ TRIVIALAUGMENT_SPACE: Space = {
 def _shear_x(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     # torchvision shears about the top-left corner: x_in = x + m (y + H/2) in pixels from the centre.
     k = m * x.shape[-2] / x.shape[-1]
-    return _resample(x, _theta(1.0, k, k, 0.0, 1.0, 0.0))
+    return resample(x, affine_theta(1.0, k, k, 0.0, 1.0, 0.0))
 
 
 def _shear_y(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     k = m * x.shape[-1] / x.shape[-2]
-    return _resample(x, _theta(1.0, 0.0, 0.0, k, 1.0, k))
+    return resample(x, affine_theta(1.0, 0.0, 0.0, k, 1.0, k))
 
 
 def _translate_x(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return _resample(x, _theta(1.0, 0.0, -2 * m.trunc() / x.shape[-1], 0.0, 1.0, 0.0))  # whole pixels
+    return resample(x, affine_theta(1.0, 0.0, -2 * m.trunc() / x.shape[-1], 0.0, 1.0, 0.0))  # whole pixels
 
 
 def _translate_y(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return _resample(x, _theta(1.0, 0.0, 0.0, 0.0, 1.0, -2 * m.trunc() / x.shape[-2]))
+    return resample(x, affine_theta(1.0, 0.0, 0.0, 0.0, 1.0, -2 * m.trunc() / x.shape[-2]))
 
 
 def _rotate(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     # Counter-clockwise by m degrees about the centre; normalized coordinates stretch by the aspect ratio.
     rad, aspect = torch.deg2rad(m), x.shape[-2] / x.shape[-1]
-    return _resample(x, _theta(rad.cos(), -rad.sin() * aspect, 0.0, rad.sin() / aspect, rad.cos(), 0.0))
+    return resample(x, affine_theta(rad.cos(), -rad.sin() * aspect, 0.0, rad.sin() / aspect, rad.cos(), 0.0))
 
 
 def _contrast_about_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), 1 + m)
+    return blend(x, gray(x).mean(dim=(1, 2, 3), keepdim=True), 1 + m)
 
 
 def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -104,17 +104,17 @@ def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     kernel[1, 1] = 5.0
     smooth = F.conv2d(x, (kernel / 13).expand(c, 1, 3, 3), groups=c)
     out = x.clone()
-    out[..., 1:-1, 1:-1] = _blend(x[..., 1:-1, 1:-1], smooth, 1 + m)
+    out[..., 1:-1, 1:-1] = blend(x[..., 1:-1, 1:-1], smooth, 1 + m)
     return out
 
 
 def _posterize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    levels = _per_sample(2.0 ** m, x)
+    levels = per_sample(2.0 ** m, x)
     return torch.minimum((x * levels).floor_(), levels - 1).div_(levels)
 
 
 def _solarize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return torch.where(x >= _per_sample(m, x), 1 - x, x)
+    return torch.where(x >= per_sample(m, x), 1 - x, x)
 
 
 # Each op with per-sample magnitudes m (CPU, one per sample of x), as torchvision's functional would apply it;
@@ -125,20 +125,20 @@ _AUTO_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "TranslateX": _translate_x,
     "TranslateY": _translate_y,
     "Rotate": _rotate,
-    "Brightness": lambda x, m: _blend(x, torch.zeros_like(x), 1 + m),
-    "Color": lambda x, m: x if x.shape[1] == 1 else _blend(x, _gray(x), 1 + m),
+    "Brightness": lambda x, m: blend(x, torch.zeros_like(x), 1 + m),
+    "Color": lambda x, m: x if x.shape[1] == 1 else blend(x, gray(x), 1 + m),
     "Contrast": _contrast_about_mean,
     "Sharpness": _sharpness,
     "Posterize": _posterize,
     "Solarize": _solarize,
-    "AutoContrast": lambda x, m: _tv_functional().autocontrast(x),
-    "Equalize": lambda x, m: _tv_functional().equalize(x),
+    "AutoContrast": lambda x, m: tv_functional().autocontrast(x),
+    "Equalize": lambda x, m: tv_functional().equalize(x),
 }
 
 
 def _apply_auto_op(x: torch.Tensor, mask: torch.Tensor, name: str, magnitude: torch.Tensor) -> torch.Tensor:
     """One op on the samples of mask (a function, so the lambda binds this op's name and magnitudes)."""
-    return _on_subset(x, mask, lambda s, i: _AUTO_OPS[name](s, magnitude[i]))
+    return on_subset(x, mask, lambda s, i: _AUTO_OPS[name](s, magnitude[i]))
 
 
 def _auto_augment(space: Space, num_ops: int, num_bins: int, magnitude: int | None

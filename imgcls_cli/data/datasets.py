@@ -15,7 +15,9 @@ import torch
 from imgcls_cli.data import shifted  # noqa: F401  (registers the shifted-domain datasets)
 from imgcls_cli.data.builders import DATASETS, DEFAULT_ROOT, Source
 from imgcls_cli.data.pixels import convert_channels, resize_batch
-from imgcls_cli.data.splits import SPLITS, fold_indices, indices_from_file, named_splits, split_indices, stratified_subset
+from imgcls_cli.data.splits import (
+    SPLITS, fold_indices, indices_from_file, named_splits, split_indices, stratified_subset,
+)
 from imgcls_cli.data.stores import ArrayStore, FileStore, Store
 from imgcls_cli.errors import UserError
 from imgcls_cli.specs.dataset import DatasetSpec

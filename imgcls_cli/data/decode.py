@@ -3,8 +3,8 @@
 Every read goes through decode_image: a path that is not a regular file (a FIFO, a device, a socket) is refused
 before it is opened, and an image whose header declares more than MAX_PIXELS pixels is refused before anything
 is decoded: the headers of PNG, JPEG, BMP, WebP, TIFF, PNM/PFM, GIF, Sun raster, Radiance HDR and JPEG 2000 are
-read by headers.py; for any other format OpenCV checks its own header against the same limit (OPENCV_IO_MAX_IMAGE_PIXELS,
-set when this module loads OpenCV).
+read by headers.py; for any other format OpenCV checks its own header against the same limit
+(OPENCV_IO_MAX_IMAGE_PIXELS, set when this module loads OpenCV).
 """
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ def input_size(spec: ModelSpec | str, kwargs: dict[str, Any] | None = None) -> i
     return fn(**kwargs) if fn is not None else None
 
 
-def normalization(spec: ModelSpec | str, kwargs: dict[str, Any] | None = None) -> tuple[list[float], list[float]] | None:
+def normalization(spec: ModelSpec | str,
+                  kwargs: dict[str, Any] | None = None) -> tuple[list[float], list[float]] | None:
     """The (mean, std) a model's pretrained weights expect, or None to use the dataset's statistics.
 
     A builder states it with an attribute: `builder.normalization = lambda **model_kwargs: (mean, std) or None`.
