@@ -18,6 +18,7 @@ from imgcls_cli.commands.common import plain
 from imgcls_cli.commands.train import asked_image_size, dataset_configs, explicit_keys
 from imgcls_cli.errors import UserError
 from imgcls_cli.paths import CONF_DIR
+from imgcls_cli.specs.dataset import DatasetSpec
 from imgcls_cli.specs.loop import BNRecalibrateSpec, DistributedSpec, EarlyStoppingSpec, EmaSpec
 from imgcls_cli.specs.optimizer import OptimizerSpec
 from imgcls_cli.specs.schedule import ScheduleSpec
@@ -123,10 +124,12 @@ def test_the_domain_target_comes_with_its_composed_dataset_config(train_config, 
     spec = parsed(train_config, datasets, "domain.target=digits_inverted", "domain.lambda=0.5")
     shared = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"))["dataset"]
     own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / "digits_inverted.yaml"))
-    assert spec.domain == DomainSpec("digits_inverted", None, 0.5, True, 256, {**shared, **own})
-    # what `dataset=digits_inverted` composes, but for the source's own keys (cut to this run's data later)
-    alone = train_config("dataset=digits_inverted")["dataset"]
-    assert spec.domain.target_config == {k: v for k, v in alone.items() if k in spec.domain.target_config}
+    target = DatasetSpec.from_config({**shared, **own})
+    assert spec.domain == DomainSpec("digits_inverted", None, 0.5, True, 256, target)
+    # what `dataset=digits_inverted` composes (the engine gives it the source's size, limits and placement)
+    assert spec.domain.target_dataset == DatasetSpec.from_config(train_config("dataset=digits_inverted")["dataset"])
+    at_root = parsed(train_config, datasets, "domain.target=csv", "domain.target_root=/data/target.csv")
+    assert at_root.domain.target_dataset.file == "/data/target.csv"
 
 
 def test_image_size_follows_the_model_unless_the_command_line_sets_it(train_config, datasets):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import Any, Iterator
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from imgcls_cli.models.heads import embedding, head_name
 from imgcls_cli.paths import CONF_DIR
+from imgcls_cli.specs.dataset import DatasetSpec
 from imgcls_cli.specs.transfer import DomainSpec
 
 log = logging.getLogger("imgcls")
@@ -47,6 +49,8 @@ def ramp(progress: float) -> float:
 
 
 DomainOptions = DomainSpec  # its former name, until every caller takes TrainSpec.domain
+# The source's keys the target dataset takes: its sample limits and placement (a quick run stays quick).
+SOURCE_KEYS = ("max_train_samples", "max_eval_samples", "in_memory", "memory_budget_gb", "split_seed")
 
 
 def domain_options(cfg: dict[str, Any] | None) -> DomainSpec | None:
@@ -54,18 +58,22 @@ def domain_options(cfg: dict[str, Any] | None) -> DomainSpec | None:
     return DomainSpec.parse(cfg, sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")))
 
 
-def target_dataset_config(spec: DomainSpec, source: dict[str, Any], channels: int, image_size: int) -> dict[str, Any]:
-    """The target dataset's config: its option's config (spec.target_config, train.yaml's dataset block under the
-    option's yaml), at the source's channels and size, with the source's sample limits and placement (so a quick
-    run stays quick)."""
-    cfg = dict(spec.target_config if spec.target_config is not None else _composed_target(spec.target))
-    for key in ("max_train_samples", "max_eval_samples", "in_memory", "memory_budget_gb", "split_seed"):
-        if key in source:
-            cfg[key] = source[key]
-    cfg.update(channels=channels, image_size=image_size, class_weights=None, sampler=None)
-    if spec.target_root:
-        cfg["file" if spec.target == "csv" else "root"] = spec.target_root
-    return cfg
+def target_dataset(spec: DomainSpec, source: DatasetSpec, channels: int, image_size: int) -> DatasetSpec:
+    """The target's dataset at the source's channels and size, with the source's sample limits and placement, and
+    no class weights or sampler (its labels are never trained on)."""
+    assert spec.target_dataset is not None, "the command composes domain.target's dataset"
+    return replace(spec.target_dataset, channels=channels, image_size=image_size, class_weights=None, sampler=None,
+                   **{key: getattr(source, key) for key in SOURCE_KEYS})
+
+
+def target_dataset_config(spec: DomainSpec, source: dict[str, Any] | DatasetSpec, channels: int,
+                          image_size: int) -> DatasetSpec:
+    """target_dataset() for callers that pass plain configs: until every caller takes TrainSpec.domain (whose
+    target dataset the command composed)."""
+    if spec.target_dataset is None:
+        spec = spec.with_target(_composed_target(spec.target))
+    source_spec = DatasetSpec.from_config(source) if isinstance(source, dict) else source
+    return target_dataset(spec, source_spec, channels, image_size)
 
 
 def _composed_target(target: str) -> dict[str, Any]:

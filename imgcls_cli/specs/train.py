@@ -2,7 +2,7 @@
 loading, so that a typo fails at once; the engine reads its fields, never the config dict."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from imgcls_cli.cores import resolve_workers
@@ -125,6 +125,4 @@ class TrainSpec:
 def _domain(cfg: dict[str, Any] | None, dataset_configs: Mapping[str, dict[str, Any]]) -> DomainSpec | None:
     """domain.*, with the target option's dataset config when the command gave the options' configs."""
     spec = DomainSpec.parse(cfg, sorted(dataset_configs))
-    if spec is None:
-        return None
-    return replace(spec, target_config=dict(dataset_configs[spec.target]))
+    return None if spec is None else spec.with_target(dataset_configs[spec.target])

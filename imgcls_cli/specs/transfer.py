@@ -3,10 +3,11 @@ domain.* (a target domain's unlabelled images) and distill.* (a teacher's soften
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from imgcls_cli.errors import UserError, as_float, as_int
+from imgcls_cli.specs.dataset import DatasetSpec
 
 FREEZE_CHOICES = ("none", "encoder")
 
@@ -53,8 +54,9 @@ class DomainSpec:
     strength: float  # domain.lambda: the reversal's strength at the end of the ramp (or throughout)
     ramp: bool
     hidden: int  # the domain classifier's hidden width
-    # The target option's dataset config (train.yaml's dataset keys under its own yaml): the command composes it.
-    target_config: dict[str, Any] | None = None
+    # The target option's dataset (train.yaml's dataset keys under its own yaml, at target_root): composed by the
+    # command; the engine gives it the source's channels, size, sample limits and placement.
+    target_dataset: DatasetSpec | None = None
 
     @classmethod
     def parse(cls, cfg: dict[str, Any] | None, dataset_options: list[str]) -> DomainSpec | None:
@@ -74,6 +76,13 @@ class DomainSpec:
             raise UserError(f"domain.ramp must be true or false, not {ramp_setting!r}.")
         return cls(str(target), cfg.get("target_root"), strength, ramp_setting,
                    as_int(cfg.get("hidden", 256), "domain.hidden", minimum=1))
+
+    def with_target(self, composed: dict[str, Any]) -> DomainSpec:
+        """This spec with its target's dataset: the option's composed config, at domain.target_root."""
+        cfg = dict(composed)
+        if self.target_root:
+            cfg["file" if self.target == "csv" else "root"] = self.target_root
+        return replace(self, target_dataset=DatasetSpec.from_config(cfg))
 
 
 @dataclass(frozen=True)
