@@ -92,7 +92,7 @@ def test_resume_of_a_path_without_a_checkpoint_is_one_line(tmp_path):
 
 
 def test_a_resume_with_other_epochs_says_what_changes(caplog):
-    from imgcls_cli.engine.train import warn_changed_settings
+    from imgcls_cli.engine.resume import warn_changed_settings
 
     saved = {"epochs": 10, "schedule": {"name": "cosine"}, "optimizer": {"lr": 0.1}, "batch_size": 64}
     with caplog.at_level("WARNING", logger="imgcls"):

@@ -7,8 +7,9 @@ from torch import nn
 
 from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli
 from imgcls_cli.engine.ema import EMA, build_ema
-from imgcls_cli.engine.train import EarlyStopping
+from imgcls_cli.engine.state import EarlyStopping
 from imgcls_cli.errors import UserError
+from imgcls_cli.specs.loop import EarlyStoppingSpec, EmaSpec
 
 
 def test_ema_update_is_the_moving_average_formula():
@@ -31,20 +32,21 @@ def test_ema_warmup_starts_with_a_small_decay():
     assert torch.allclose(ema.module.weight, d * (model.weight - 1.0) + (1 - d) * model.weight, atol=1e-6)
 
 
-def test_bad_ema_decay_is_a_user_error():
-    assert build_ema(nn.Linear(1, 1), {"decay": None}) is None
+def test_no_ema_without_a_decay_and_a_bad_decay_is_a_user_error():
+    assert build_ema(nn.Linear(1, 1), EmaSpec.parse({"decay": None})) is None
+    assert build_ema(nn.Linear(1, 1), EmaSpec.parse({"decay": 0.9, "warmup": False})).decay == 0.9
     with pytest.raises(UserError, match="ema.decay"):
-        build_ema(nn.Linear(1, 1), {"decay": 1.5})
+        EmaSpec.parse({"decay": 1.5})
 
 
 def test_early_stopping_counts_validations_without_improvement():
-    stopper = EarlyStopping.from_config({"patience": 2, "metric": "val_loss"}, has_val=True)
+    stopper = EarlyStopping.from_spec(EarlyStoppingSpec.parse({"patience": 2, "metric": "val_loss"}), has_val=True)
     assert stopper.mode == "min" and stopper.better(0.4, 0.5)
     for improved, stops in ((True, False), (False, False), (False, True)):
         stopper.count(improved)
         assert stopper.stop() == stops
     with pytest.raises(UserError, match="validation split"):
-        EarlyStopping.from_config({"patience": 2}, has_val=False)
+        EarlyStopping.from_spec(EarlyStoppingSpec.parse({"patience": 2}), has_val=False)
 
 
 def test_early_stopping_ema_and_val_every_through_the_cli(tmp_path):
@@ -90,7 +92,7 @@ def test_compile_trains_and_saves_plain_checkpoints(tmp_path):
 
 
 def test_loss_is_cross_entropy_against_smoothed_soft_targets():
-    from imgcls_cli.engine.train import build_loss
+    from imgcls_cli.engine.build import build_loss
 
     logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([0, 3, 3, 1])

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from imgcls_cli.errors import UserError
 
 
 def compose_train(*overrides: str) -> dict:
-    """conf/train.yaml with overrides, as the plain dict the engine takes."""
+    """conf/train.yaml with overrides, as a plain dict."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -30,6 +31,13 @@ def compose_train(*overrides: str) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("hydra", None)
     return plain
+
+
+def train_spec(*overrides: str) -> Any:
+    """The TrainSpec the engine takes, as `imgcls train` parses it."""
+    from imgcls_cli.specs.train import TrainSpec
+
+    return TrainSpec.parse(compose_train(*overrides))
 
 
 def file_digest(path: Path) -> str:
@@ -103,15 +111,17 @@ def test_data_parallel_ranks_recalibrate_from_their_summed_statistics():
         assert torch.allclose(replica.bn.running_var, whole.bn.running_var, rtol=1e-4)
 
 
-def test_bad_bn_recalibrate_settings_are_user_errors():
-    from imgcls_cli.engine.precise_bn import options
+def test_bad_bn_recalibrate_settings_are_user_errors_and_auto_recalibrates_the_first_100_steps():
+    from imgcls_cli.engine.precise_bn import active
+    from imgcls_cli.specs.loop import BNRecalibrateSpec
 
     with pytest.raises(UserError, match="bn_recalibrate must be auto, true or false"):
-        options({"bn_recalibrate": "sometimes"})
+        BNRecalibrateSpec.parse({"bn_recalibrate": "sometimes"})
     with pytest.raises(UserError, match="bn_recalibrate_images"):
-        options({"bn_recalibrate_images": 0})
-    assert options({"bn_recalibrate": "auto"}).active(99) and not options({"bn_recalibrate": "auto"}).active(100)
-    assert options({"bn_recalibrate": True}).active(10**6) and not options({"bn_recalibrate": False}).active(0)
+        BNRecalibrateSpec.parse({"bn_recalibrate_images": 0})
+    auto, on, off = (BNRecalibrateSpec.parse({"bn_recalibrate": w}) for w in ("auto", True, False))
+    assert active(auto, 99) and not active(auto, 100)
+    assert active(on, 10**6) and not active(off, 0)
 
 
 def test_a_quick_digits_run_learns_and_best_pt_holds_the_statistics_it_was_scored_with(tmp_path):
@@ -144,16 +154,16 @@ def test_a_quick_digits_run_learns_and_best_pt_holds_the_statistics_it_was_score
 def test_batch_size_auto_keeps_64_unless_the_training_split_is_small():
     """auto: 64 images a step, fewer so that a small training split still takes about 16 steps an epoch (never
     under 16 images a step); a number is taken as it is, anything else is one line."""
-    from imgcls_cli.engine.train import auto_batch_size, batch_size_setting
+    from imgcls_cli.engine.build import auto_batch_size
 
     assert auto_batch_size(1169) == 64 and auto_batch_size(60000) == 64
     assert auto_batch_size(300) == 18 and -(-300 // 18) >= 16
     assert auto_batch_size(100) == 16 and auto_batch_size(1) == 16
     assert auto_batch_size(600, world_size=2) == 18  # each process its share
-    assert batch_size_setting({"batch_size": "auto"}) is None and batch_size_setting({"batch_size": 32}) == 32
+    assert train_spec("batch_size=auto").batch_size is None and train_spec("batch_size=32").batch_size == 32
     for bad in (0, -1, "big", 2.5):
         with pytest.raises(UserError, match="batch_size"):
-            batch_size_setting({"batch_size": bad})
+            train_spec(f"batch_size={bad}")
 
 
 def test_training_continues_from_its_running_statistics_and_last_pt_keeps_both(tmp_path):
@@ -164,7 +174,7 @@ def test_training_continues_from_its_running_statistics_and_last_pt_keeps_both(t
     common = [*TINY[:-1], "epochs=2", "dataset.num_samples=200"]
     rows = {}
     for when in ("true", "false"):
-        run_training(compose_train(*common, f"bn_recalibrate={when}"), tmp_path / when)
+        run_training(train_spec(*common, f"bn_recalibrate={when}"), tmp_path / when)
         rows[when] = read_csv(tmp_path / when / "metrics.csv")
     assert [r["train_loss"] for r in rows["true"]] == [r["train_loss"] for r in rows["false"]]
     last = torch.load(tmp_path / "true" / "checkpoints" / "last.pt", weights_only=True)
@@ -299,7 +309,7 @@ def finished_run(tmp_path_factory) -> Path:
     from imgcls_cli.engine.train import run_training
 
     run_dir = tmp_path_factory.mktemp("resume") / "run"
-    run_training(compose_train(*TINY[:-1], "epochs=1", "dataset.num_samples=200"), run_dir)
+    run_training(train_spec(*TINY[:-1], "epochs=1", "dataset.num_samples=200"), run_dir)
     return run_dir
 
 
@@ -309,10 +319,11 @@ def finished_run(tmp_path_factory) -> Path:
     ("dataset.num_samples=300", "dataset.num_samples 200 -> 300"),
 ])
 def test_a_resume_that_cannot_carry_over_is_refused_before_anything_is_written(finished_run, change, shown):
-    from imgcls_cli.engine.train import ResumeRefused, run_training
+    from imgcls_cli.engine.resume import ResumeRefused
+    from imgcls_cli.engine.train import run_training
 
     files = {p: file_digest(p) for p in finished_run.rglob("*") if p.is_file()}
-    cfg = compose_train(*TINY[:-1], "epochs=2", "dataset.num_samples=200", change, f"resume={finished_run}")
+    cfg = train_spec(*TINY[:-1], "epochs=2", "dataset.num_samples=200", change, f"resume={finished_run}")
     with pytest.raises(ResumeRefused) as refused:
         run_training(cfg, finished_run)
     message = str(refused.value)
@@ -327,7 +338,7 @@ def test_a_resume_with_more_epochs_still_continues(finished_run, tmp_path):
 
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_run, run_dir)
-    summary = run_training(compose_train(*TINY[:-1], "epochs=2", "dataset.num_samples=200", f"resume={run_dir}",
+    summary = run_training(train_spec(*TINY[:-1], "epochs=2", "dataset.num_samples=200", f"resume={run_dir}",
                                          "optimizer.lr=0.002"), run_dir)
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
 

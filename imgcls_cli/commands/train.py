@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls_cli.commands.common import plain, run_command, task_overrides
+from imgcls_cli.commands.common import command_line, plain, run_command, task_overrides
 from imgcls_cli.commands.configs import option_configs
 from imgcls_cli.errors import UserError
 from imgcls_cli.paths import CONF_DIR
+from imgcls_cli.rundir import write_text_atomic
 
 log = logging.getLogger("imgcls")
 
@@ -76,6 +78,8 @@ def main(cfg: DictConfig) -> float | None:
     """
     from hydra.core.hydra_config import HydraConfig
 
+    from imgcls_cli.engine.distributed import quiet_rank
+    from imgcls_cli.engine.resume import ResumeRefused
     from imgcls_cli.engine.train import Run, run_training  # torch loads after Hydra has checked the arguments
 
     explicit = explicit_keys(task_overrides())
@@ -87,7 +91,16 @@ def main(cfg: DictConfig) -> float | None:
             Run(plain(cfg), HydraConfig.get().runtime.output_dir).write_summary("failed", error=str(exc))
             raise
 
-    summary = run_command(cfg, lambda config, run_dir: run_training(config, run_dir, explicit), check=check)
+    def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        spec, init = parse(cfg, explicit)
+        try:
+            return run_training(spec, run_dir, init=init, command=command_line())
+        except ResumeRefused as exc:  # the run is left as it was: config.yaml says what it trained with again
+            if exc.config is not None and not quiet_rank():
+                write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(exc.config)))
+            raise
+
+    summary = run_command(cfg, train, check=check)
     if summary is None or summary.get("status") != "completed":
         return None
     return summary.get("best_val_accuracy")

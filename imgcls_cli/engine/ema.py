@@ -1,18 +1,28 @@
-"""Exponential moving average of a model's weights (and batch-norm statistics), as timm's ModelEmaV2 keeps it."""
+"""Exponential moving average of a model's weights (and batch-norm statistics), as timm's ModelEmaV2 keeps it.
+
+A feature on the TrainState seam: attach() registers it under "ema" (its state in last.pt, its best validation
+accuracy in last.pt's "best"), and its hooks update it after every optimizer step, recompute its batch-norm
+statistics with the model's, validate it and keep best_ema.pt."""
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
-from imgcls_cli.errors import UserError, as_float
+from imgcls_cli.specs.loop import EmaSpec
 
+if TYPE_CHECKING:
+    from imgcls_cli.engine.state import TrainState
+
+NAME = "ema"  # its key in a checkpoint and in the checkpoint's "best"
 
 class EMA:
     """ema = d·ema + (1 − d)·weights after every optimizer step; with warmup, d = min(decay, (1 + n) / (10 + n))
     at update n, so the average is not stuck near the random initial weights early in training."""
+
+    columns = ("ema_val_loss", "ema_val_accuracy")  # metrics.csv
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
@@ -36,13 +46,29 @@ class EMA:
         self.module.load_state_dict(state["state_dict"])
         self.updates = int(state["updates"])
 
+    def after_step(self, model: nn.Module) -> None:
+        self.update(model)
 
-def build_ema(model: nn.Module, cfg: dict[str, Any] | None) -> EMA | None:
-    """ema.decay: null (off) or in (0, 1), e.g. 0.999; ema.warmup: true."""
-    cfg = cfg or {}
-    if cfg.get("decay") is None:
-        return None
-    decay = as_float(cfg["decay"], "ema.decay")
-    if not 0.0 < decay < 1.0:
-        raise UserError(f"ema.decay must be in (0, 1) (e.g. 0.999), or null for no EMA; not {decay}.")
-    return EMA(model, decay, bool(cfg.get("warmup", True)))
+    def eval_modules(self) -> list[nn.Module]:
+        return [self.module]
+
+    def after_validation(self, state: TrainState, row: dict[str, Any],
+                         evaluate: Callable[[nn.Module], tuple[float, float]]) -> str:
+        """The averaged weights validated as the model is; best_ema.pt keeps them at their best val accuracy."""
+        row["ema_val_loss"], accuracy = evaluate(self.module)
+        row["ema_val_accuracy"] = accuracy
+        if accuracy > state.best_of[NAME]:
+            state.best_of[NAME] = accuracy
+            state.save_model("best_ema.pt", self.state_dict()["state_dict"],
+                             {"val_accuracy": accuracy, "val_loss": row["ema_val_loss"]})
+        return f"  ema_val_acc {accuracy:.4f}"
+
+
+def build_ema(model: nn.Module, spec: EmaSpec) -> EMA | None:
+    """The EMA of the model that ema.decay asks for (None: ema.decay is null)."""
+    return None if spec.decay is None else EMA(model, spec.decay, spec.warmup)
+
+
+def attach(state: TrainState, spec: EmaSpec) -> None:
+    """Register the EMA of state.model that ema.decay asks for (None, saved as such, when it is off)."""
+    state.register(NAME, build_ema(state.model, spec), best=-1.0)

@@ -1,4 +1,4 @@
-"""The training path: train_one_epoch and predict_logits, plain functions over a model and a loader."""
+"""The training path: train_one_epoch, a plain function over a model and a loader."""
 from __future__ import annotations
 
 import contextlib
@@ -95,73 +95,113 @@ def train_one_epoch(
     """
     options = options or StepOptions()
     model.train()
-    device = next(model.parameters()).device
     running = running or Running()
-    loss_sum = torch.full((), running.loss_sum, device=device, dtype=torch.float64)
-    distill_sum = torch.full((), running.distill_sum, device=device, dtype=torch.float64)
-    correct = torch.full((), running.correct, device=device, dtype=torch.int64)
-    first_bad = torch.full((), -1, device=device, dtype=torch.int64)
-    seen = shown = running.seen
-    steps, skipped, pending = first_step, 0, 0
+    totals = _Totals(running, next(model.parameters()).device)
+    shown, steps, skipped, pending = running.seen, first_step, 0, 0
     start = time.perf_counter()
 
     def take_step(done: int) -> int:
         _optimizer_step(model, optimizer, scaler, options.grad_clip_norm)
         scheduler.step()
         if after_step is not None:
-            after_step(lambda: _checked(Running(loss_sum.item(), int(correct.item()), seen, distill_sum.item()),
-                                        first_bad))
+            after_step(totals.read)
         return done + 1
 
     optimizer.zero_grad(set_to_none=True)
     for x, y in loader:
-        target = y
-        if mix is not None:
-            x, target = mix(x, y)
-            y = target.argmax(1)
-        domain_loss = None
-        with amp() if callable(amp) else amp:
-            if options.domain is not None:
-                logits, domain_loss = options.domain.split(model(options.domain.extend(x)))
-            else:
-                logits = model(x)
-            loss = loss_fn(logits.float(), target)
-        objective, soft = loss, None
-        if options.teacher is not None and options.distill is not None:
-            objective, soft = options.distill(logits.float(), options.teacher(x), loss)
-        if options.penalty is not None:  # in float32, outside autocast
-            extra = options.penalty()
-            loss, objective = loss + extra, objective + extra
-        total = objective if domain_loss is None else objective + domain_loss
+        logits, y, loss, total, soft = _forward(model, x, y, loss_fn, amp, mix, options)
         finite = torch.isfinite(total.detach())
         if options.on_nan == "skip_batch" and not bool(finite):
             skipped += 1
             continue
-        first_bad = torch.where(~finite & (first_bad < 0), steps + 1, first_bad)
+        totals.note_finite(finite, steps + 1)
         scaled = total / options.accumulate_steps
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         pending += 1
-        n = len(y)
-        loss_sum += loss.detach().double() * n
-        if soft is not None:
-            distill_sum += soft.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += n
+        totals.add(loss, soft, logits, y)
         if pending == options.accumulate_steps:
             steps, pending = take_step(steps), 0
         if progress is not None and progress.due():
-            _checked(None, first_bad)
-            progress.update(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
-            shown = seen
+            shown = totals.show(progress, shown)
     if pending:  # the epoch's last, shorter accumulation
         steps = take_step(steps)
-    _checked(None, first_bad)
-    if progress is not None and seen > shown:
-        progress.update(seen - shown, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
+    totals.check()
+    if progress is not None and totals.seen > shown:
+        totals.show(progress, shown, check=False)
     seconds = time.perf_counter() - start
-    distilled = distill_sum.item() / max(seen, 1) if options.distill is not None else None
-    return EpochResult(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen - running.seen, seconds,
-                       skipped, distilled)
+    return totals.result(running.seen, seconds, skipped, options.distill is not None)
+
+
+def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, amp: Any,
+             mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+             options: StepOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                            torch.Tensor | None]:
+    """One batch's (logits, labels counted for accuracy, loss against the labels, loss to backpropagate,
+    distillation term)."""
+    target = y
+    if mix is not None:
+        x, target = mix(x, y)
+        y = target.argmax(1)
+    domain_loss = None
+    with amp() if callable(amp) else amp:
+        if options.domain is not None:
+            logits, domain_loss = options.domain.split(model(options.domain.extend(x)))
+        else:
+            logits = model(x)
+        loss = loss_fn(logits.float(), target)
+    objective, soft = loss, None
+    if options.teacher is not None and options.distill is not None:
+        objective, soft = options.distill(logits.float(), options.teacher(x), loss)
+    if options.penalty is not None:  # in float32, outside autocast
+        extra = options.penalty()
+        loss, objective = loss + extra, objective + extra
+    total = objective if domain_loss is None else objective + domain_loss
+    return logits, y, loss, total, soft
+
+
+class _Totals:
+    """An epoch's running sums, kept on the device: reading them is a device sync, so they are read only when
+    needed. first_bad is the first step whose loss was not finite (-1: none so far)."""
+
+    def __init__(self, running: Running, device: torch.device) -> None:
+        self.loss_sum = torch.full((), running.loss_sum, device=device, dtype=torch.float64)
+        self.distill_sum = torch.full((), running.distill_sum, device=device, dtype=torch.float64)
+        self.correct = torch.full((), running.correct, device=device, dtype=torch.int64)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        self.seen = running.seen
+
+    def note_finite(self, finite: torch.Tensor, step: int) -> None:
+        self.first_bad = torch.where(~finite & (self.first_bad < 0), step, self.first_bad)
+
+    def add(self, loss: torch.Tensor, soft: torch.Tensor | None, logits: torch.Tensor, y: torch.Tensor) -> None:
+        n = len(y)
+        self.loss_sum += loss.detach().double() * n
+        if soft is not None:
+            self.distill_sum += soft.detach().double() * n
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += n
+
+    def check(self) -> None:
+        """Raise NonFiniteLoss when a loss so far was NaN or infinite (a device sync)."""
+        _checked(None, self.first_bad)
+
+    def read(self) -> Running:
+        return _checked(Running(self.loss_sum.item(), int(self.correct.item()), self.seen, self.distill_sum.item()),
+                        self.first_bad)
+
+    def show(self, progress: Progress, shown: int, check: bool = True) -> int:
+        """Report the images since `shown` with the running means; returns the images shown now."""
+        if check:
+            self.check()
+        seen = max(self.seen, 1)
+        progress.update(self.seen - shown, self.loss_sum.item() / seen, self.correct.item() / seen)
+        return self.seen
+
+    def result(self, seen_before: int, seconds: float, skipped: int, distilled: bool) -> EpochResult:
+        seen = max(self.seen, 1)
+        distill = self.distill_sum.item() / seen if distilled else None
+        return EpochResult(self.loss_sum.item() / seen, self.correct.item() / seen, self.seen - seen_before,
+                           seconds, skipped, distill)
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -185,22 +225,3 @@ def _checked(value: Running | None, first_bad: torch.Tensor) -> Running | None:
     if bad >= 0:
         raise NonFiniteLoss(bad)
     return value
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    amp: Callable[[], contextlib.AbstractContextManager],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and targets of every batch, on the CPU, in loader order."""
-    model.eval()
-    logits, targets = [], []
-    for x, y in loader:
-        with amp():
-            out = model(x)
-        logits.append(out.float())
-        targets.append(y)
-    if not logits:
-        return torch.empty(0), torch.empty(0, dtype=torch.int64)
-    return torch.cat(logits).cpu(), torch.cat(targets).cpu()

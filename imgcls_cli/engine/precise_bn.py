@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from imgcls_cli.errors import UserError, as_int
+from imgcls_cli.specs.loop import BNRecalibrateSpec
 
 log = logging.getLogger("imgcls")
-CHOICES = ("auto", True, False)
 # bn_recalibrate=auto recalibrates while the run has taken fewer optimizer steps than this: with batch norm's
 # default momentum 0.1 the running statistics then still hold more than 0.9^100 (3e-5) of their initial values,
 # and describe the weights of the last ~10 steps, a large share of a short run.
@@ -33,23 +31,9 @@ AUTO_STEPS = 100
 SAMPLE_STREAM = 800_011  # offsets the seed of the recalibration sample from the loader's
 
 
-@dataclass(frozen=True)
-class Options:
-    when: Any = "auto"  # auto | True | False
-    images: int = 1024  # training images the statistics are computed over
-
-    def active(self, steps: int) -> bool:
-        """Whether the statistics are recomputed after a run has taken `steps` optimizer steps."""
-        return self.when is True or (self.when == "auto" and steps < AUTO_STEPS)
-
-
-def options(cfg: dict[str, Any]) -> Options:
-    """bn_recalibrate (auto | true | false) and bn_recalibrate_images (>= 1) from the train config."""
-    when = cfg.get("bn_recalibrate", "auto")
-    if when not in CHOICES or isinstance(when, int) and not isinstance(when, bool):
-        raise UserError(f"bn_recalibrate must be auto, true or false, not '{when}'.")
-    images = as_int(cfg.get("bn_recalibrate_images", 1024), "bn_recalibrate_images", minimum=1)
-    return Options(when, images)
+def active(spec: BNRecalibrateSpec, steps: int) -> bool:
+    """Whether the statistics are recomputed after a run has taken `steps` optimizer steps."""
+    return spec.when is True or (spec.when == "auto" and steps < AUTO_STEPS)
 
 
 STATS = ("running_mean", "running_var", "num_batches_tracked")  # a batch-norm layer's running statistics
