@@ -57,10 +57,17 @@ RUN_DIR_LINE = re.compile(r"^Run directory: (.+)$")
 
 
 # --------------------------------------------------------------------------------------------- the workers' order
-# Test files by their cost, the costliest first (seconds of one worker, `--durations` on two cores). xdist hands a
-# whole file to a worker (--dist loadfile) in collection order (--no-loadscope-reorder): the long files start at
-# once and the short ones fill in at the end, so that both workers finish together. Files not listed come after.
-COSTLIEST_FIRST: list[str] = []
+# Test files by their cost, the costliest first (what a worker spends on them: `--durations`, setup included). xdist
+# hands a whole file to a worker (--dist loadfile) in collection order (--no-loadscope-reorder): the long files
+# start at once and the short ones fill in at the end, so that both workers finish together. Files not listed
+# (in-process unit tests, seconds each) come after, in their usual order.
+COSTLIEST_FIRST = [
+    "test_model_zoo_cli.py", "test_distributed.py", "test_datasets_cli.py", "test_cli.py", "test_resume.py",
+    "test_trust_rundirs.py", "test_launchers.py", "test_transfer.py", "test_trust_training.py", "test_training.py",
+    "test_trust_files.py", "test_docs.py", "test_tv_and_listing.py", "test_trust_eval.py", "test_eval_ensemble.py",
+    "test_packaging.py", "test_recipes.py", "test_shifted.py", "test_distill.py", "test_trust_data.py",
+    "test_trust_config.py", "test_specs.py",
+]
 
 
 @pytest.hookimpl(wrapper=True)
