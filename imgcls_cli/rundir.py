@@ -9,10 +9,8 @@ import json
 import os
 import platform
 import re
-import shlex
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
@@ -245,8 +243,3 @@ def git_commit() -> str | None:
         return None
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
-
-def command_line() -> str:
-    """The command as the user typed it: the CLI keeps it in IMGCLS_COMMAND before handing argv to Hydra (also for
-    the jobs a launcher runs in other processes)."""
-    return os.environ.get("IMGCLS_COMMAND") or shlex.join(["imgcls", *sys.argv[1:]])
