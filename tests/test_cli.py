@@ -1,8 +1,10 @@
-"""End-to-end tests of the `imgcls` command line, run in subprocesses the way a user types it.
+"""End-to-end tests of the `imgcls` command line, run the way a user types it.
 
-The contract is /work/shared/DESIGN.md. Subprocesses in this file (about 30, most of them cheap and run a
-few at a time): one tiny training run shared by the train/checkpoint/eval/predict tests, one sweep, one
-failing sweep, one learnability run, and batches of evals, predicts, help texts and user mistakes.
+The contract is /work/shared/DESIGN.md. Real subprocesses: one tiny training run shared by the
+train/checkpoint/eval/predict tests, one sweep, one failing sweep, two learnability runs, an eval and a predict
+of the tiny run, the installed entry point, and four user mistakes (caught by the command word, by Hydra, by
+loading a checkpoint, by a malicious one). The other evals, predicts, help texts and user mistakes run through
+cli.main in one child process each batch (conftest.run_in_one_process): the same exit status and output.
 """
 from __future__ import annotations
 
@@ -264,11 +266,11 @@ def test_no_import_path_in_saved_configs(trained_run):
 def eval_runs(trained_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
     ckpt = f"checkpoint={trained_run.best}"
-    return run_many({
-        "test": (["eval", ckpt, f"hydra.run.dir={base / 'test_run'}"], base / "test_cwd"),
-        # No hydra.run.dir: lands in ./outputs/eval/<timestamp> of its own folder.
-        "val": (["eval", ckpt, "dataset=synthetic", "split=val"], base / "val_cwd"),
-    })
+    return {
+        "test": run_cli("eval", ckpt, f"hydra.run.dir={base / 'test_run'}", cwd=base / "test_cwd"),
+        # No hydra.run.dir: lands in ./outputs/eval/<timestamp> of its own folder (through cli.main, in that folder).
+        **run_in_one_process({"val": (["eval", ckpt, "dataset=synthetic", "split=val"], base / "val_cwd")}),
+    }
 
 
 def test_eval_reproduces_the_training_runs_test_evaluation(eval_runs, trained_run):
@@ -340,16 +342,17 @@ def predict_runs(trained_run, predict_inputs, tmp_path_factory):
     listed = base / "inputs.txt"
     listed.write_text("# photos to label\n" + "\n".join([*good, str(predict_inputs["broken"][0]), "missing.png"])
                       + "\n\n")
-    return run_many({
+    # The folder (broken files among good ones) as typed, in a subprocess; the other inputs through cli.main.
+    folder = run_cli("predict", ckpt, f"inputs={predict_inputs['folder']}", f"hydra.run.dir={base / 'folder'}",
+                     cwd=base)
+    return {"folder": folder, **run_in_one_process({
         "list": (["predict", ckpt, f"inputs=@{listed}", f"hydra.run.dir={base / 'list'}"], base),
-        "folder": (["predict", ckpt, f"inputs={predict_inputs['folder']}", f"hydra.run.dir={base / 'folder'}"],
-                   base),
         "file": (["predict", ckpt, f"inputs={single}", f"hydra.run.dir={base / 'file'}"], base),
         "glob": (["predict", ckpt, f"inputs={predict_inputs['folder']}/**/*.png", f"hydra.run.dir={base / 'glob'}"],
                  base),
         "all_broken": (["predict", ckpt, f"inputs={predict_inputs['all_broken']}",
                         f"hydra.run.dir={base / 'all_broken'}"], base),
-    })
+    })}
 
 
 def check_prediction_rows(rows, predict_inputs, trained_run):

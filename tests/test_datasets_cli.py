@@ -101,7 +101,9 @@ def test_kfold_sweep_shows_mean_and_std(tmp_path):
 
 @pytest.mark.skipif(not FASHION_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
 def test_fashion_mnist_from_the_debian_package_reaches_85_percent(tmp_path):
-    result = run_cli("train", "dataset=fashion_mnist", "dataset.max_train_samples=10000",
+    # 5,000 training images, 3 epochs of the default model: 0.8695 with seed 0 (fp32 CPU, 2026-12-02), in half
+    # the time of 10,000.
+    result = run_cli("train", "dataset=fashion_mnist", "dataset.max_train_samples=5000",
                      "dataset.max_eval_samples=2000", "epochs=3", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert_ok(result)
     summary = read_json(tmp_path / "run" / "summary.json")
