@@ -70,43 +70,23 @@ def rmsprop(groups: list[dict], *, lr: float, alpha: float, eps: float, momentum
     return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum, centered=centered)
 
 
-TrainingOptions = OptimizerSpec  # its former name (grad_clip_norm, accumulate_steps), until every caller reads it
-
-
-def _spec(spec: OptimizerSpec | dict[str, Any]) -> OptimizerSpec:
-    """A plain optimizer config parsed: until every caller passes the parsed spec."""
-    return OptimizerSpec.parse(spec) if isinstance(spec, dict) else spec
-
-
-def optimizer_options(cfg: dict[str, Any]) -> OptimizerSpec:
-    """Check a whole optimizer config (kept until every caller parses OptimizerSpec itself)."""
-    return OptimizerSpec.parse(cfg)
-
-
-def training_options(cfg: dict[str, Any]) -> OptimizerSpec:
-    """The loop's optimizer keys (grad_clip_norm, accumulate_steps): kept until every caller reads OptimizerSpec."""
-    return OptimizerSpec.parse(cfg)
-
-
-def build_optimizer(model: nn.Module, spec: OptimizerSpec | dict[str, Any], batch_size: int | None = None,
+def build_optimizer(model: nn.Module, spec: OptimizerSpec, batch_size: int | None = None,
                     lr_mult: Callable[[str], float] | None = None, world_size: int = 1) -> torch.optim.Optimizer:
     """The optimizer over model's trainable parameters; batch_size (images per forward pass) matters with base_lr,
     world_size with scale_lr_with_world_size; lr_mult: a factor on the lr per parameter name
     (finetune.encoder_lr_mult)."""
-    spec = _spec(spec)
     lr = spec.lr_for(batch_size, world_size)
     groups = param_groups(model, spec.weight_decay, spec.decay_norm_and_bias, lr, lr_mult)
     return OPTIMIZERS.get(spec.name)(groups, lr=lr, **spec.kwargs)
 
 
-def penalty(model: nn.Module, spec: OptimizerSpec | dict[str, Any]) -> Callable[[], torch.Tensor] | None:
+def penalty(model: nn.Module, spec: OptimizerSpec) -> Callable[[], torch.Tensor] | None:
     """The explicit penalty l1 sum|w| + l2 sum w^2 over the weights that get weight decay, to add to the loss;
     None when there is nothing to add.
 
     Unlike weight decay, applied by the optimizer (apart from the moments in AdamW), the penalty is part of the
     loss: its gradient l1 sign(w) + 2 l2 w goes through momentum and Adam's scaling like the data's gradient.
     """
-    spec = _spec(spec)
     l1, l2 = spec.l1, spec.l2
     weights, _ = _split(model, spec.decay_norm_and_bias)
     if (l1 == 0 and l2 == 0) or not weights:

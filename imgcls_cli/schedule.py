@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -64,10 +64,8 @@ def onecycle(*, epochs: int, pct_start: float, start_ratio: float, final_ratio: 
     return factor
 
 
-def build_schedule(spec: ScheduleSpec | dict[str, Any], epochs: int) -> Factor:
+def build_schedule(spec: ScheduleSpec, epochs: int) -> Factor:
     """The LR factor over the whole run: linear warmup over warmup_epochs, then the named schedule."""
-    if isinstance(spec, dict):  # a plain config: until every caller passes the parsed spec
-        spec = ScheduleSpec.parse(spec)
     warmup = spec.warmup_epochs
     after = SCHEDULES.get(spec.name)(epochs=max(epochs - warmup, 0), **spec.params)
     if warmup == 0:

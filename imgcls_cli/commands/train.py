@@ -83,18 +83,18 @@ def main(cfg: DictConfig) -> float | None:
     from imgcls_cli.engine.train import Run, run_training  # torch loads after Hydra has checked the arguments
 
     explicit = explicit_keys(task_overrides())
+    parsed: dict[str, Any] = {}  # the spec and init=PATH's checkpoint, parsed once before config.yaml is written
 
     def check(cfg: DictConfig) -> None:
         try:
-            parse(cfg, explicit)
+            parsed["spec"], parsed["init"] = parse(cfg, explicit)
         except UserError as exc:  # a run refused before it starts is a failed run (summary.json says why)
             Run(plain(cfg), HydraConfig.get().runtime.output_dir).write_summary("failed", error=str(exc))
             raise
 
     def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-        spec, init = parse(cfg, explicit)
         try:
-            return run_training(spec, run_dir, init=init, command=command_line())
+            return run_training(parsed["spec"], run_dir, init=parsed["init"], command=command_line())
         except ResumeRefused as exc:  # the run is left as it was: config.yaml says what it trained with again
             if exc.config is not None and not quiet_rank():
                 write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(exc.config)))

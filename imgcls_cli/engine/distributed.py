@@ -124,10 +124,6 @@ class Dist:
                 dist.destroy_process_group()
 
 
-Options = DistributedSpec  # its former name, until every caller takes TrainSpec.distributed
-options = DistributedSpec.parse
-
-
 def start(opts: DistributedSpec, device: torch.device) -> tuple[Dist, torch.device]:
     """Join the job torchrun started (nothing to do in a single process); returns it and this rank's device."""
     rank, world, local = env_rank()

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgcls_cli.models.heads import embedding, head_name
-from imgcls_cli.paths import CONF_DIR
 from imgcls_cli.specs.dataset import DatasetSpec
 from imgcls_cli.specs.transfer import DomainSpec
 
@@ -48,41 +47,21 @@ def ramp(progress: float) -> float:
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
 
 
-DomainOptions = DomainSpec  # its former name, until every caller takes TrainSpec.domain
 # The source's keys the target dataset takes: its sample limits and placement (a quick run stays quick).
 SOURCE_KEYS = ("max_train_samples", "max_eval_samples", "in_memory", "memory_budget_gb", "split_seed")
 
 
-def domain_options(cfg: dict[str, Any] | None) -> DomainSpec | None:
-    """domain.* parsed from a plain config: until every caller takes TrainSpec.domain, parsed at the command edge."""
-    return DomainSpec.parse(cfg, sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")))
-
-
 def target_dataset(spec: DomainSpec, source: DatasetSpec, channels: int, image_size: int) -> DatasetSpec:
-    """The target's dataset at the source's channels and size, with the source's sample limits and placement, and
-    no class weights or sampler (its labels are never trained on)."""
+    """The target's dataset (composed by the command) at the source's channels and size, with the source's sample
+    limits and placement, and no class weights or sampler (its labels are never trained on)."""
     assert spec.target_dataset is not None, "the command composes domain.target's dataset"
     return replace(spec.target_dataset, channels=channels, image_size=image_size, class_weights=None, sampler=None,
                    **{key: getattr(source, key) for key in SOURCE_KEYS})
 
 
-def target_dataset_config(spec: DomainSpec, source: dict[str, Any] | DatasetSpec, channels: int,
-                          image_size: int) -> DatasetSpec:
-    """target_dataset() for callers that pass plain configs: until every caller takes TrainSpec.domain (whose
-    target dataset the command composed)."""
-    if spec.target_dataset is None:
-        spec = spec.with_target(_composed_target(spec.target))
-    source_spec = DatasetSpec.from_config(source) if isinstance(source, dict) else source
-    return target_dataset(spec, source_spec, channels, image_size)
-
-
-def _composed_target(target: str) -> dict[str, Any]:
-    """Until every caller passes the spec parsed at the command edge (which composes it there)."""
-    from omegaconf import OmegaConf
-
-    base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"), resolve=False)["dataset"]
-    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / f"{target}.yaml"), resolve=True)
-    return {**base, **own}
+def target_dataset_config(spec: DomainSpec, source: dict[str, Any], channels: int, image_size: int) -> DatasetSpec:
+    """target_dataset() from the source's plain config: until the caller passes TrainSpec.dataset."""
+    return target_dataset(spec, DatasetSpec.from_config(source), channels, image_size)
 
 
 class DomainAdversary:

@@ -18,11 +18,6 @@ from imgcls_cli.models.heads import encoder_parameters, head_name, is_head
 from imgcls_cli.specs.transfer import FinetuneSpec
 
 log = logging.getLogger("imgcls")
-# Until every caller takes TrainSpec.finetune: the parsed spec under its former names.
-FinetuneOptions = FinetuneSpec
-finetune_options = FinetuneSpec.parse
-
-
 @dataclass
 class InitReport:
     """What init=PATH did to each tensor of the new model's state dict."""
