@@ -242,16 +242,12 @@ def test_the_engine_data_and_models_never_import_the_commands_or_the_cli(package
     assert not found, "the command line's modules import the engine, never the reverse:\n" + "\n".join(found)
 
 
-@pytest.mark.xfail(strict=False, reason="engine/train.py, data/datasets.py, data/augment.py, data/decode.py and "
-                   "engine/inference.py are being split (issue 16)")
 def test_no_module_over_400_lines(package):
     found = sorted(f"{m.path.relative_to(PACKAGE.parent)}: {m.lines} lines"
                    for m in package.values() if m.lines > MAX_MODULE_LINES)
     assert not found, f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(found)
 
 
-@pytest.mark.xfail(strict=False, reason="engine/train.py's _fit and engine/fit.py's train_one_epoch are being "
-                   "split (issue 16)")
 def test_no_function_over_80_lines(package):
     found = long_functions(package, MAX_FUNCTION_LINES)
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(found)

@@ -128,7 +128,8 @@ def _results_table(run: Run, model_name: str, dataset: str, test: dict[str, Any]
     s = run.summary
     rows = [("model", model_name), ("dataset", dataset), ("epochs", s.get("epochs_completed")),
             ("best epoch", s["best_epoch"]), ("best val accuracy", s["best_val_accuracy"])]
-    rows += [(f"test {k.replace('_', ' ')}", test.get(k)) for k in result_columns(topk) if k in test or k == "accuracy"]
+    rows += [("test accuracy" if k == "accuracy" else k.replace("_", " "), test.get(k))
+             for k in result_columns(topk) if k != "loss" and (k in test or k == "accuracy")]
     if s.get("target_accuracy") is not None:
         rows.append(("target accuracy", s["target_accuracy"]))
     rows += [("wall seconds", s["wall_seconds"]), ("train images/s", s["train_images_per_second"]),
