@@ -183,7 +183,21 @@ def this_machine() -> dict:
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"machine": lscpu_model_name(), "torch": torch.__version__, "commit": commit}
+    return {"machine": lscpu_model_name(), "isa": cpu_isa(), "torch": torch.__version__, "commit": commit}
+
+
+ISA_LEVELS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # the widest first: what torch's CPU kernels use
+
+
+def cpu_isa() -> str:
+    """The widest vector instruction set this CPU has: one CPU model name covers machines with and without
+    AVX-512, whose fp32 kernels (and so results) differ."""
+    try:
+        flags = set(next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                          if line.startswith("flags")), "").split())
+    except OSError:
+        flags = set()
+    return next((isa for isa in ISA_LEVELS if isa in flags), "other")
 
 
 def lscpu_model_name() -> str:
@@ -240,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read the recorded baseline {args.check}: {e}", file=sys.stderr)
         return 2
     here = this_machine()
-    for key in ("machine", "torch"):
+    for key in ("machine", "isa", "torch"):
         if here[key] != recorded.get(key):
             print(f"note: recorded with {key} {recorded.get(key)}, this is {here[key]}: float results may differ")
     results = run_all(int(recorded.get("threads", args.threads)))
