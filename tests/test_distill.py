@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TINY, assert_ok, assert_user_error, read_json, run_cli, run_many
-from imgcls_cli.engine.distill import Teacher, distill_options, distillation_loss
+from imgcls_cli.engine.distill import Teacher, distillation_loss
+from imgcls_cli.specs.transfer import DistillSpec
 from imgcls_cli.errors import UserError
 
 
@@ -44,9 +45,9 @@ def test_teacher_gets_its_own_size_and_normalization():
 
 def test_bad_distill_settings_are_user_errors():
     with pytest.raises(UserError, match="distill.alpha"):
-        distill_options({"teacher": "t.pt", "alpha": 1.5})
+        DistillSpec.parse({"teacher": "t.pt", "alpha": 1.5})
     with pytest.raises(UserError, match="distill.temperature"):
-        distill_options({"teacher": "t.pt", "temperature": 0})
+        DistillSpec.parse({"teacher": "t.pt", "temperature": 0})
 
 
 def test_distill_through_the_cli(trained_run, tmp_path):

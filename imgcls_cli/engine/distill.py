@@ -12,7 +12,7 @@ from torch import nn
 
 from imgcls_cli.data.inputs import InputSpec
 from imgcls_cli.engine.predictor import forward
-from imgcls_cli.errors import UserError, as_float
+from imgcls_cli.errors import UserError
 
 
 COLUMNS = ("distill_loss",)  # metrics.csv: the epoch's mean T²·KL term (train_loss stays the loss against the labels)
@@ -53,19 +53,6 @@ class Teacher:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, amp: Callable[[], Any]) -> torch.Tensor:
         return forward(self.model, self.input.convert(x, self.student), amp, logits=True)
-
-
-def distill_options(cfg: dict[str, Any] | None) -> tuple[str | None, float, float]:
-    """(teacher path or None, temperature, alpha) from distill.* with their checks."""
-    cfg = cfg or {}
-    teacher = cfg.get("teacher")
-    temperature = as_float(cfg.get("temperature", 4.0), "distill.temperature")
-    alpha = as_float(cfg.get("alpha", 0.7), "distill.alpha")
-    if temperature <= 0:
-        raise UserError(f"distill.temperature must be > 0, not {temperature}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"distill.alpha must be in [0, 1], not {alpha}.")
-    return (str(teacher) if teacher else None), temperature, alpha
 
 
 def load_teacher(path: str, classes: list[str], student_input: dict[str, Any], device: torch.device) -> Teacher:
