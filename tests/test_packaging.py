@@ -22,6 +22,10 @@ def test_wheel_ships_the_configs_and_runs_without_the_source_tree(tmp_path):
     assert installed.returncode == 0, installed.stderr
     assert (target / "imgcls_cli" / "conf" / "train.yaml").is_file()
     assert (target / "imgcls_cli" / "conf" / "model" / "resnet.yaml").is_file()
+    # every package of the source tree is in the wheel (a subpackage left out of pyproject.toml fails on import)
+    source = {p.parent.relative_to(ROOT) for p in (ROOT / "imgcls_cli").rglob("__init__.py")}
+    missing = [str(p) for p in source if not (target / p / "__init__.py").is_file()]
+    assert not missing, f"packages missing from the wheel: {missing}"
 
     env = {**os.environ, "PYTHONPATH": str(target)}
     where = run(["-c", "import imgcls_cli.paths as p; print(p.CONF_DIR)"], cwd=tmp_path, env=env)
