@@ -21,6 +21,7 @@ COMMANDS = {
     "train": "train a model; writes outputs/train/<time>_<model>_<dataset>/",
     "eval": "evaluate a checkpoint: imgcls eval checkpoint=PATH [dataset=... split=test]",
     "predict": "predict image files: imgcls predict checkpoint=PATH inputs=FILE|FOLDER|GLOB",
+    "export": "a checkpoint as ONNX or .pt2, verified: imgcls export checkpoint=PATH format=onnx|torch_export|all",
     "list": "list what a registry holds: imgcls list [models|datasets|augments|optimizers|schedules]",
 }
 USAGE = """usage: imgcls <command> [group=option ...] [key=value ...] [-m] [--cfg job] [--help]
@@ -34,6 +35,7 @@ examples:
   imgcls train -m schedule=step,cosine           # a sweep with one summary table
   imgcls eval checkpoint=outputs/train/<run>/checkpoints/best.pt
   imgcls predict checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
+  imgcls export checkpoint=outputs/train/<run>/checkpoints/best.pt format=onnx
   imgcls train --help                            # config groups, options and keys
 """
 # Config options that Hydra's launcher and sweeper plugins bring (the `cluster` extra).

@@ -31,7 +31,8 @@ from imgcls_cli.errors import UserError
 
 LOCK_NAME = ".imgcls.lock"
 STALE_TMP = re.compile(r"^\..+\.\d+\.tmp$")  # write_text_atomic's and save_checkpoint's temporary files
-RESULTS = ("metrics.json", "predictions.csv", "leaderboard.csv")  # what an eval or predict run leaves
+# What an eval, predict or export run leaves.
+RESULTS = ("metrics.json", "predictions.csv", "leaderboard.csv", "export.json")
 SWEEP_RESULTS = ("summary.csv", "multirun.yaml", "optimization_results.yaml")
 PRINT_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
 
