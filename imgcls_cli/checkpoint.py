@@ -34,6 +34,7 @@ MAX_LIST_KWARG = 256  # entries of a list kwarg (widths, block_config)
 MAX_ENTRIES = 1_000_000  # files in the checkpoint's zip archive
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "ema", "rng", "best", "position", "distributed", "domain")
 TASKS = ("multiclass", "multilabel")
+EXPORTED = {".onnx": "an exported ONNX model", ".pt2": "an exported torch.export program"}  # export/runtime.py runs them
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
@@ -53,6 +54,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint not found: {path}") from None
     if not stat.S_ISREG(mode):
         raise UserError(f"checkpoint={path} is not a regular file; give a .pt file an imgcls run wrote.")
+    if path.suffix.lower() in EXPORTED:
+        raise UserError(f"{path} is {EXPORTED[path.suffix.lower()]}, which imgcls eval and predict run; give "
+                        "here the .pt checkpoint it was exported from (its metadata's imgcls.source).")
     check_archive(path)
     try:
         with warnings.catch_warnings():

@@ -97,6 +97,12 @@ def splits_beside(checkpoint: str | Path) -> Path:
     return Path(checkpoint).resolve().parent.parent / "splits.csv"
 
 
+def run_checkpoint(checkpoint: str | Path, ckpt: dict[str, Any]) -> str | Path:
+    """The checkpoint whose training run's splits.csv tells what `checkpoint` learned from: for an exported model
+    (.onnx, .pt2), the checkpoint it was exported from (its metadata's source), else the checkpoint itself."""
+    return ckpt.get("source") or checkpoint
+
+
 def file_base(cfg: dict[str, Any], cwd: Path | None = None) -> Path | None:
     """The folder a file dataset's path ids are relative to (dataset.file's folder, or dataset.root), absolute."""
     if cfg.get("file"):
@@ -177,7 +183,7 @@ def seen_keys(checkpoint: str, ckpt: dict[str, Any], ds_cfg: dict[str, Any], eva
     could hold): empty where the eval's split is the run's own, or the eval's images cannot be the run's.
     A one-line error where the run's splits are unknown and the images could be the run's."""
     trained = ckpt["config"].get("dataset") or {}
-    run = read_run_splits(checkpoint, trained)
+    run = read_run_splits(run_checkpoint(checkpoint, ckpt), trained)
     if split not in SEEN:
         return run, set()  # split=train: the images the model learned from, as asked
     used = ds_cfg.get("splits_file")
@@ -199,8 +205,9 @@ def seen_keys(checkpoint: str, ckpt: dict[str, Any], ds_cfg: dict[str, Any], eva
             "root"))).expanduser().is_absolute() and _disjoint(ours, theirs):
         return None, set()  # files in another folder than the run's
     raise UserError(f"cannot tell which images {checkpoint} was trained on: its run's splits.csv "
-                    f"({splits_beside(checkpoint)}) is missing and this eval splits the data differently; evaluate "
-                    "on the run's own split (without dataset.* keys that change it), or restore the run's splits.csv.")
+                    f"({splits_beside(run_checkpoint(checkpoint, ckpt))}) is missing and this eval splits the data "
+                    "differently; evaluate on the run's own split (without dataset.* keys that change it), or restore "
+                    "the run's splits.csv.")
 
 
 def eval_keys(ids: Sequence[str], id_column: str, ds_cfg: dict[str, Any]) -> list[str]:

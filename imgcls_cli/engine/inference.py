@@ -13,17 +13,17 @@ import torch
 from torch import nn
 
 from imgcls_cli import console as out
-from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.data.datasets import DatasetBundle, Split, load_dataset
 from imgcls_cli.data.loader import StreamLoader, make_loader, read_ids
 from imgcls_cli.engine.device import resolve_device, resolve_precision
 from imgcls_cli.engine.ensemble import Scored, check_member, combine, leave_out_seen
 from imgcls_cli.engine.eval_data import (MISSING, RunSplits, Unread, check_splits_file, class_mapping, eval_keys,
-                                         seen_keys, splits_beside, unread_of_run_split)
+                                         run_checkpoint, seen_keys, splits_beside, unread_of_run_split)
 from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import result_columns, write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
-from imgcls_cli.models import MODELS, create_model
+from imgcls_cli.export.runtime import ExportedModel, load_for_inference
+from imgcls_cli.export.runtime import model_from_checkpoint  # noqa: F401  (distill's and the tests' import path)
 from imgcls_cli.models.heads import head_name
 from imgcls_cli.rundir import write_csv, write_text_atomic
 from imgcls_cli.specs.eval import EvalSpec, check_batch_size, check_tta  # noqa: F401  (check_tta: train.py's)
@@ -31,20 +31,6 @@ from imgcls_cli.specs.eval import EvalSpec, check_batch_size, check_tta  # noqa:
 log = logging.getLogger("imgcls")
 # Dataset keys that choose the splits: set on the eval command line, they win over the run's splits.csv.
 SPLIT_KEYS = {"root", "file", "val_fraction", "test_fraction", "folds", "fold", "splits_file"}
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Module:
-    """Rebuild the registered model with its saved kwargs and load the weights (eval mode)."""
-    spec = ckpt["model"]
-    if not isinstance(spec, dict) or spec.get("name") not in MODELS:
-        raise UserError(f"the checkpoint names a model this imgcls does not have: {spec.get('name')!r}.")
-    model = create_model(spec["name"], for_checkpoint=True, **spec.get("kwargs", {}))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"the checkpoint's weights do not fit model '{spec['name']}': {first}") from None
-    return model.to(device).eval()
 
 
 def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | None,
@@ -70,8 +56,9 @@ def dataset_for_checkpoint(ckpt: dict[str, Any], dataset_cfg: dict[str, Any] | N
     else:
         cfg = dict(dataset_cfg)
     cfg["channels"], cfg["image_size"] = ckpt["input"]["channels"], ckpt["input"]["size"]
-    # The training run's splits.csv: the same images in each split, even where files were added since.
-    splits_file = splits_beside(checkpoint) if checkpoint else None
+    # The training run's splits.csv: the same images in each split, even where files were added since (for an
+    # exported model, the run of the checkpoint it was exported from).
+    splits_file = splits_beside(run_checkpoint(checkpoint, ckpt)) if checkpoint else None
     if same and splits_file and splits_file.is_file() and not set(dataset_keys or []) & SPLIT_KEYS:
         check_splits_file(splits_file)
         cfg["splits_file"] = str(splits_file)
@@ -126,14 +113,17 @@ def score_checkpoint(checkpoint: str, spec: EvalSpec, dev: torch.device, prec: s
     """Probabilities of one checkpoint on the spec's split, with the keys of the images it learned from
     (Scored.seen). `like`: an ensemble's first member, whose input and images this one must share and whose
     class order its probabilities take (the same class names, in any order)."""
-    ckpt = load_checkpoint(checkpoint)
+    ckpt, model = load_for_inference(checkpoint, dev)
+    if spec.features and isinstance(model, ExportedModel):
+        raise UserError(f"features=true needs the .pt checkpoint: {checkpoint} is an exported model, whose graph "
+                        "gives the logits alone (no embeddings).")
     size = spec.batch_size if spec.batch_size is not None else \
         check_batch_size(ckpt["config"].get("eval_batch_size", 256), f"the eval_batch_size of {checkpoint}")
     if like is not None:
         check_member(checkpoint, ckpt, like)
     ref, ref_path = (like.ckpt, like.checkpoint) if like is not None else (ckpt, checkpoint)
     # channels_last and precision as in training: the numbers validation gave
-    model, amp, channels_last = prepare(model_from_checkpoint(ckpt, dev), ckpt["config"], dev, spec.precision, prec)
+    model, amp, channels_last = prepare(model, ckpt["config"], dev, spec.precision, prec)
     images = eval_images(checkpoint, ckpt, ref, ref_path, spec, run_dir)
     inp, data = ckpt["input"], images.data
     loader = make_loader(data.images, images.labels, size, inp["mean"], inp["std"], device=dev,

@@ -12,15 +12,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgcls_cli import console as out
-from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.cores import resolve_workers
 from imgcls_cli.data.decode import DecodeError, decode_image, list_images
 from imgcls_cli.data.inputs import InputSpec
 from imgcls_cli.engine.device import resolve_device, resolve_precision
-from imgcls_cli.engine.inference import model_from_checkpoint
 from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
+from imgcls_cli.export.runtime import load_for_inference
 from imgcls_cli.plots import plot_image_grid
 from imgcls_cli.rundir import file_kind, write_csv, write_json
 from imgcls_cli.specs.predict import PredictSpec
@@ -112,11 +111,11 @@ def _decoded(loader: DataLoader, errors: list[str], shown: list[np.ndarray], inp
 
 def run_predict(spec: PredictSpec, run_dir: str | Path) -> dict[str, Any]:
     """Predict every input file; write predictions.csv (or spec.output); return counts and the file written."""
-    ckpt = load_checkpoint(spec.checkpoint)
-    paths = resolve_inputs(spec.inputs)
     dev = resolve_device(spec.device)
     prec = resolve_precision(spec.precision, dev)
-    model, amp, channels_last = prepare(model_from_checkpoint(ckpt, dev), ckpt["config"], dev, spec.precision, prec)
+    ckpt, model = load_for_inference(spec.checkpoint, dev)
+    paths = resolve_inputs(spec.inputs)
+    model, amp, channels_last = prepare(model, ckpt["config"], dev, spec.precision, prec)
     inputs, classes = InputSpec.from_checkpoint(ckpt), list(ckpt["classes"])
     loader = DataLoader(ImageFiles(paths, inputs.channels, inputs.size), batch_size=spec.batch_size,
                         num_workers=resolve_workers(spec.num_workers, items=len(paths)), collate_fn=_collate,

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from imgcls_cli.engine.device import autocast, auto_precision_for_model, use_channels_last
+from imgcls_cli.errors import UserError
+from imgcls_cli.export.runtime import ExportedModel
 from imgcls_cli.models.heads import captured_embeddings
 from imgcls_cli.specs.eval import TTA_VIEWS
 
@@ -89,7 +91,13 @@ def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], amp: 
 def prepare(model: nn.Module, train_cfg: dict[str, Any], device: torch.device, precision: str,
             resolved: str) -> tuple[nn.Module, Amp, bool]:
     """A checkpoint's model set up as its training run evaluated it (channels_last and precision=auto chosen
-    alike, so that eval and predict give the numbers validation gave): (model, its autocast, channels_last)."""
+    alike, so that eval and predict give the numbers validation gave): (model, its autocast, channels_last).
+    An exported model runs as it was exported: float32, NCHW (precision=auto is fp32 for it)."""
+    if isinstance(model, ExportedModel):
+        if precision not in ("auto", "fp32"):
+            raise UserError(f"precision={precision} does not apply to {model.path}: an exported model runs in the "
+                            "float32 it was exported in; use precision=auto or fp32 (or the .pt checkpoint).")
+        return model, lambda: autocast(device, "fp32"), False
     prec = auto_precision_for_model(resolved, precision, device, model)
     channels_last = use_channels_last(train_cfg.get("channels_last", "auto"), device)
     if channels_last:
