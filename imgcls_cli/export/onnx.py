@@ -40,7 +40,10 @@ def convert(program: torch.export.ExportedProgram, opset: int, name: str) -> onn
         raise UserError(failure_message(exc, name, "torch.onnx (opset " + str(opset) + ")")) from None
     proto = exported.model_proto
     if proto.opset_import and all(o.version != opset for o in proto.opset_import if o.domain in ("", "ai.onnx")):
-        raise UserError(f"model '{name}' could not be written in ONNX opset {opset}; choose another opset=.")
+        import onnx
+
+        raise UserError(f"model '{name}' could not be written in ONNX opset {opset}: this onnx writes opsets up to "
+                        f"{onnx.defs.onnx_opset_version()}; choose opset= 18 to that (ONNX Runtime may run fewer).")
     _name_batch_axis(proto)
     return proto
 

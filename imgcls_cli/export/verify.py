@@ -70,6 +70,9 @@ def publish(final: Path, write: Callable[[Path], Any], check: Callable[[Path], A
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise UserError(f"cannot write {final}: {exc.strerror or exc}; nothing was written.") from None
+    except UserError as exc:  # a failed write or check: named by the file's final name
+        temporary.unlink(missing_ok=True)
+        raise UserError(str(exc).replace(str(temporary), str(final))) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
