@@ -266,3 +266,11 @@ def test_without_onnxruntime_an_onnx_file_says_what_to_install(files, monkeypatc
         load_for_inference(files["onnx"], torch.device("cpu"))
     assert str(err.value) == f"checkpoint={files['onnx']} needs onnxruntime: pip install 'imgcls[export]'"
 
+
+
+def test_every_exported_suffix_is_run_here_and_refused_for_training():
+    """The files eval and predict run (export/runtime.LOADERS) are those load_checkpoint refuses as exported."""
+    from imgcls_cli.checkpoint import EXPORTED
+    from imgcls_cli.export.runtime import LOADERS
+
+    assert set(LOADERS.names()) - {".pt"} == set(EXPORTED)

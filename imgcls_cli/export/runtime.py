@@ -22,28 +22,19 @@ from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.errors import UserError
 from imgcls_cli.export import metadata
 from imgcls_cli.models import MODELS, create_model
+from imgcls_cli.registry import Registry
 
 log = logging.getLogger("imgcls")
 Loader = Callable[[Path, torch.device], "tuple[dict[str, Any], nn.Module]"]
-LOADERS: dict[str, Loader] = {}  # file suffix -> loader; any other suffix is an imgcls checkpoint
+LOADERS: Registry[Loader] = Registry("model file suffix")  # any suffix not registered is an imgcls checkpoint's
 INSTALL = "pip install 'imgcls[export]'"
-
-
-def loader(*suffixes: str) -> Callable[[Loader], Loader]:
-    def register(fn: Loader) -> Loader:
-        for suffix in suffixes:
-            if suffix in LOADERS:
-                raise ValueError(f"An entry is already registered under the name '{suffix}'.")
-            LOADERS[suffix] = fn
-        return fn
-
-    return register
 
 
 def load_for_inference(path: str | Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
     """(the checkpoint fields eval and predict read, the model on `device` in eval mode) of the file at path."""
     path = Path(path)
-    return LOADERS.get(path.suffix.lower(), _checkpoint)(path, device)
+    suffix = path.suffix.lower()
+    return LOADERS.get(suffix if suffix in LOADERS else ".pt")(path, device)
 
 
 class ExportedModel(nn.Module):
@@ -59,7 +50,7 @@ class ExportedModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- .pt
-@loader(".pt")
+@LOADERS.register(".pt")
 def _checkpoint(path: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
     ckpt = load_checkpoint(path)
     return ckpt, model_from_checkpoint(ckpt, device)
@@ -126,7 +117,7 @@ class OnnxModel(ExportedModel):
         return torch.from_numpy(logits).to(x.device, torch.float32)
 
 
-@loader(".onnx")
+@LOADERS.register(".onnx")
 def _onnx(path: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
     _regular_file(path)
     try:
@@ -184,7 +175,7 @@ class ProgramModel(ExportedModel):
         return self.program(x).float()
 
 
-@loader(".pt2")
+@LOADERS.register(".pt2")
 def _program(path: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
     _regular_file(path)
     deployed, ckpt = _fields(_archive_metadata(path), path)
@@ -200,7 +191,10 @@ def _program(path: Path, device: torch.device) -> tuple[dict[str, Any], nn.Modul
     if len(user_inputs) != 1 or not isinstance(values.get(user_inputs[0]), torch.Tensor):
         raise UserError(f"{path} takes {len(user_inputs)} inputs; an imgcls model takes one batch of images.")
     _check_input(path, list(values[user_inputs[0]].shape), deployed)
-    return ckpt, ProgramModel(path, program.module()).to(device)
+    from torch.export.passes import move_to_device_pass
+
+    # the graph's own device arguments move too, not only its weights (what Module.to would do)
+    return ckpt, ProgramModel(path, move_to_device_pass(program, device).module())
 
 
 def _archive_metadata(path: Path) -> dict[str, str]:
