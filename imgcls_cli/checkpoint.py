@@ -34,7 +34,8 @@ MAX_LIST_KWARG = 256  # entries of a list kwarg (widths, block_config)
 MAX_ENTRIES = 1_000_000  # files in the checkpoint's zip archive
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "ema", "rng", "best", "position", "distributed", "domain")
 TASKS = ("multiclass", "multilabel")
-EXPORTED = {".onnx": "an exported ONNX model", ".pt2": "an exported torch.export program"}  # export/runtime.py runs them
+# What imgcls export writes: eval and predict run these files (export/runtime.py); training needs the .pt.
+EXPORTED = {".onnx": "an exported ONNX model", ".pt2": "an exported torch.export program"}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
@@ -48,12 +49,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check an imgcls checkpoint; anything else is refused with one line, nothing in it executed, nothing
     built from it before every field was checked (types, sizes, finite weights that fit the model it names)."""
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        raise UserError(f"checkpoint not found: {path}") from None
-    if not stat.S_ISREG(mode):
-        raise UserError(f"checkpoint={path} is not a regular file; give a .pt file an imgcls run wrote.")
+    require_file(path)
     if path.suffix.lower() in EXPORTED:
         raise UserError(f"{path} is {EXPORTED[path.suffix.lower()]}, which imgcls eval and predict run; give "
                         "here the .pt checkpoint it was exported from (its metadata's imgcls.source).")
@@ -85,6 +81,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"damaged checkpoint: {path}: {exc}; it cannot be used (take another checkpoint, "
                         "or train again).") from None
     return ckpt
+
+
+def require_file(path: Path, what: str = "a .pt file an imgcls run wrote") -> None:
+    """A one-line error unless checkpoint= names a regular file (reading a FIFO or a device could block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise UserError(f"checkpoint not found: {path}") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"checkpoint={path} is not a regular file; give {what}.")
 
 
 class Damaged(Exception):

@@ -8,9 +8,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,7 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from imgcls_cli.checkpoint import load_checkpoint
+from imgcls_cli.checkpoint import load_checkpoint, require_file
 from imgcls_cli.errors import UserError
 from imgcls_cli.export import metadata
 from imgcls_cli.models import MODELS, create_model
@@ -70,15 +68,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Modu
     return model.to(device).eval()
 
 
-def _regular_file(path: Path) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        raise UserError(f"checkpoint not found: {path}") from None
-    if not stat.S_ISREG(mode):
-        raise UserError(f"checkpoint={path} is not a regular file; give a .pt, .onnx or .pt2 file.")
-
-
 def _fields(props: dict[str, str], path: Path) -> tuple[metadata.Deployed, dict[str, Any]]:
     """The metadata and the checkpoint fields of an exported file; `source` is the checkpoint it was exported
     from, whose run's splits.csv says which images it learned from."""
@@ -119,7 +108,7 @@ class OnnxModel(ExportedModel):
 
 @LOADERS.register(".onnx")
 def _onnx(path: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
-    _regular_file(path)
+    require_file(path, "a .pt, .onnx or .pt2 file")
     try:
         import onnxruntime as ort
     except ImportError:
@@ -177,7 +166,7 @@ class ProgramModel(ExportedModel):
 
 @LOADERS.register(".pt2")
 def _program(path: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
-    _regular_file(path)
+    require_file(path, "a .pt, .onnx or .pt2 file")
     deployed, ckpt = _fields(_archive_metadata(path), path)
     try:
         with _quiet_torch_export():
