@@ -332,11 +332,29 @@ class TrainedRun:
         return self.run_dir / "checkpoints" / "last.pt"
 
 
+def run_once(tmp_path_factory, name: str, *args: str) -> Result:
+    """`imgcls ARGS` in a folder `name` (`{base}` in ARGS: that folder), run once for the whole test session: with
+    pytest -n, the first worker to ask runs it and the others wait for and read its result (the files are shared
+    read-only, as a session fixture's are within one process)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    base, saved = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if saved.is_file():
+            return Result(**{**json.loads(saved.read_text()), "cwd": base})
+        base.mkdir(parents=True, exist_ok=True)
+        result = run_cli(*(a.replace("{base}", str(base)) for a in args), cwd=base)
+        saved.write_text(json.dumps({k: v for k, v in vars(result).items() if k != "cwd"}))
+        return result
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> TrainedRun:
     """One tiny training run, typed as a user would, in a fresh folder (so it lands in ./outputs/train/...)."""
-    cwd = tmp_path_factory.mktemp("train_cwd")
-    result = run_cli("train", *TINY, cwd=cwd)
+    result = run_once(tmp_path_factory, "train_cwd", "train", *TINY)
     assert_ok(result)
     return TrainedRun(result, result.run_dir)
 
@@ -344,15 +362,15 @@ def trained_run(tmp_path_factory) -> TrainedRun:
 @pytest.fixture(scope="session")
 def sweep_run(tmp_path_factory) -> Result:
     """`imgcls train -m schedule=step,cosine <tiny>`: job 1 (cosine, seed 0) repeats trained_run exactly."""
-    base = tmp_path_factory.mktemp("sweep")
-    return run_cli("train", "-m", "schedule=step,cosine", *TINY, f"hydra.sweep.dir={base / 'sweep'}", cwd=base)
+    return run_once(tmp_path_factory, "sweep", "train", "-m", "schedule=step,cosine", *TINY,
+                    "hydra.sweep.dir={base}/sweep")
 
 
 @pytest.fixture(scope="session")
 def failing_sweep_run(tmp_path_factory) -> Result:
     """`imgcls train -m seed=1,-1 <tiny>`: job 0 completes with another seed, job 1 (seed=-1) fails."""
-    base = tmp_path_factory.mktemp("failing_sweep")
-    return run_cli("train", "-m", "seed=1,-1", *TINY, f"hydra.sweep.dir={base / 'sweep'}", cwd=base)
+    return run_once(tmp_path_factory, "failing_sweep", "train", "-m", "seed=1,-1", *TINY,
+                    "hydra.sweep.dir={base}/sweep")
 
 
 if __name__ == "__main__":

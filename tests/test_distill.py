@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TINY, assert_ok, assert_user_error, read_json, run_cli, run_many
+from conftest import TINY, assert_ok, assert_user_error, read_json, run_cli, run_in_one_process
 from imgcls_cli.engine.distill import Teacher, distillation_loss
 from imgcls_cli.specs.transfer import DistillSpec
 from imgcls_cli.errors import UserError
@@ -51,7 +51,7 @@ def test_bad_distill_settings_are_user_errors():
 
 
 def test_distill_through_the_cli(trained_run, tmp_path):
-    runs = run_many({
+    runs = run_in_one_process({
         "student": (["train", *TINY, "model.widths=[4,8,8]", f"distill.teacher={trained_run.best}",
                      f"hydra.run.dir={tmp_path / 'student'}"], tmp_path),
         "other_classes": (["train", "dataset=digits", "epochs=1", f"distill.teacher={trained_run.best}"], tmp_path),

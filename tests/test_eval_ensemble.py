@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_ok, assert_user_error, read_csv, read_json, run_cli, run_many
+from conftest import assert_ok, assert_user_error, read_csv, read_json, run_in_one_process
 from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.engine.ensemble import Scored, combine
 from imgcls_cli.engine.predictor import predict
@@ -72,7 +72,7 @@ def ensemble_runs(sweep_run, trained_run, tmp_path_factory):
     other["classes"] = [f"other{i}" for i in range(len(other["classes"]))]
     save_checkpoint({k: v for k, v in other.items() if k not in ("format", "format_version")}, base / "other.pt")
     glob = f"checkpoint={sweep_run.run_dir}/*/checkpoints/best.pt"
-    return base, run_many({
+    return base, run_in_one_process({  # evals start no other process: one start-up for the four
         "averaging": (["eval", glob, f"hydra.run.dir={base / 'avg'}"], base),
         "voting": (["eval", glob, "ensemble=voting", "tta=hflip", f"hydra.run.dir={base / 'vote'}"], base),
         "sweep": (["eval", f"sweep={sweep_run.run_dir}", f"hydra.run.dir={base / 'board'}"], base),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli, run_many, write_png
+from conftest import (TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli, run_in_one_process,
+                      write_png)
 from imgcls_cli.engine.domain import ramp, reverse_gradient
 from imgcls_cli.engine.finetune import EncoderFreezer, l2sp_penalty, load_init, lr_multipliers
 from imgcls_cli.engine.fit import train_one_epoch
@@ -201,7 +202,7 @@ def _load(path):
 def test_finetune_modes_through_the_cli(pretrained, tmp_path):
     digits = ["dataset=digits", "dataset.max_train_samples=100", "dataset.max_eval_samples=100", "epochs=2",
               "model.widths=[8,16,16]", "model.hidden=32", f"init={pretrained}"]
-    runs = run_many({
+    runs = run_in_one_process({
         "l2sp": (["train", *digits, "finetune.l2sp=0.01", "finetune.encoder_lr_mult=0.1",
                   f"hydra.run.dir={tmp_path / 'l2sp'}"], tmp_path),
         "frozen": (["train", *digits, "finetune.freeze=encoder", f"hydra.run.dir={tmp_path / 'frozen'}"], tmp_path),
@@ -234,7 +235,7 @@ def test_finetune_modes_through_the_cli(pretrained, tmp_path):
 
 
 def test_eval_writes_features_and_labels(pretrained, tmp_path):
-    runs = run_many({
+    runs = run_in_one_process({
         "features": (["eval", f"checkpoint={pretrained}", "features=true", f"hydra.run.dir={tmp_path / 'ev'}"],
                      tmp_path),
         "ensemble": (["eval", f"checkpoint=[{pretrained},{pretrained}]", "features=true"], tmp_path),
@@ -275,7 +276,7 @@ def test_domain_adversarial_training_through_the_cli_never_uses_target_labels(tm
     labels = [i % 5 for i in range(64)]
     shuffled = [int(v) for v in gen.permutation(labels)]
     common = ["train", *TINY[:-1], "epochs=2", "domain.target=csv", "domain.lambda=0.5", "device=cpu"]
-    runs = run_many({
+    runs = run_in_one_process({
         "a": ([*common, f"domain.target_root={_target_csv(tmp_path, labels)}", f"hydra.run.dir={tmp_path / 'a'}"],
               tmp_path),
         "b": ([*common, f"domain.target_root={_target_csv(tmp_path, shuffled)}", f"hydra.run.dir={tmp_path / 'b'}"],

@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from conftest import TINY_SETTINGS_NO_EPOCHS, assert_user_error, run_many
+from conftest import TINY_SETTINGS_NO_EPOCHS, assert_user_error, run_in_one_process
 from imgcls_cli import cli
 from imgcls_cli.errors import UserError, as_int
 from imgcls_cli.models import MAX_PARAMETERS, create_model
@@ -252,7 +252,7 @@ CLI_CASES = {
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory):
     base = tmp_path_factory.mktemp("trust_config")
-    return run_many({name: (args, base / name) for name, (args, _) in CLI_CASES.items()})
+    return run_in_one_process({name: (args, base / name) for name, (args, _) in CLI_CASES.items()})
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import (assert_ok, assert_user_error, read_csv, read_json, run_many,
+from conftest import (assert_ok, assert_user_error, read_csv, read_json, run_in_one_process,
                       split_ids, synthetic_images, write_png)
 from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.data.datasets import load_dataset
@@ -63,7 +63,7 @@ def runs(tmp_path_factory, trained_run):
     base = tmp_path_factory.mktemp("trust")
     folder = make_folder(base / "folder")
     small = ["model.widths=[8,16,16]", "model.hidden=32", "epochs=1"]
-    results = run_many({
+    results = run_in_one_process({
         "digits": (["train", "dataset=digits", "dataset.max_train_samples=200", *small,
                     f"hydra.run.dir={base / 'digits'}"], base),
         "folder": (["train", "dataset=imagefolder", f"dataset.root={folder}", "dataset.image_size=16",

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli, run_many
+from conftest import (TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli,
+                      run_in_one_process)
 from imgcls_cli.errors import UserError
 
 
@@ -344,6 +345,7 @@ def test_a_resume_with_more_epochs_still_continues(finished_run, tmp_path):
 
 
 def test_out_of_range_seeds_are_one_line(tmp_path):
-    runs = run_many({s: (["train", f"seed={s}", "epochs=1"], tmp_path) for s in ("99999999999999999999", "4294967296")})
+    runs = run_in_one_process({s: (["train", f"seed={s}", "epochs=1"], tmp_path)
+                               for s in ("99999999999999999999", "4294967296")})
     for seed, result in runs.items():
         assert_user_error(result, "seed", "4294967295", seed)
