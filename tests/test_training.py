@@ -49,6 +49,20 @@ def test_early_stopping_counts_validations_without_improvement():
         EarlyStopping.from_spec(EarlyStoppingSpec.parse({"patience": 2}), has_val=False)
 
 
+def test_ema_copies_the_model_without_the_hooks_of_other_features():
+    """ema.decay with domain.target: the adversary's hook on the head holds its target batches (a generator, which
+    cannot be copied); the EMA is made without it, never feeds it, and the live model keeps it."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    seen = []
+    batches = (torch.zeros(2, 4) for _ in range(3))
+    model[1].register_forward_hook(lambda module, args, out, batches=batches: seen.append(args[0]))
+    ema = EMA(model, 0.9)
+    ema.module(torch.ones(2, 4))
+    assert seen == []
+    model(torch.ones(2, 4))
+    assert len(seen) == 1
+
+
 def test_early_stopping_ema_and_val_every_through_the_cli(tmp_path):
     """An lr too small to learn: val accuracy never improves after epoch 1, so patience 1 stops at epoch 2."""
     run_dir = tmp_path / "run"

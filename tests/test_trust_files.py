@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_user_error, read_csv, run_cli, write_png
+from conftest import assert_user_error, read_csv, run_cli, run_in_one_process, write_png
 from imgcls_cli import rundir
 from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.engine.predict import run_predict
@@ -459,11 +459,13 @@ def test_eval_and_predict_refuse_damaged_checkpoints_in_one_line(workspace, tmp_
     huge = copy.deepcopy(payload())
     huge["input"]["size"] = 10**6
     save_checkpoint(huge, tmp_path / "huge.pt")
-    predict = run_cli("predict", f"checkpoint={tmp_path / 'nan.pt'}", f"inputs={images[0]}",
-                      f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
-    assert_user_error(predict, "damaged checkpoint", "nan.pt", "non-finite weights")
-    evaluate = run_cli("eval", f"checkpoint={tmp_path / 'huge.pt'}", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
-    assert_user_error(evaluate, "damaged checkpoint", "huge.pt", "input.size")
+    runs = run_in_one_process({
+        "predict": (["predict", f"checkpoint={tmp_path / 'nan.pt'}", f"inputs={images[0]}",
+                     f"hydra.run.dir={tmp_path / 'p'}"], tmp_path),
+        "eval": (["eval", f"checkpoint={tmp_path / 'huge.pt'}", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path),
+    })
+    assert_user_error(runs["predict"], "damaged checkpoint", "nan.pt", "non-finite weights")
+    assert_user_error(runs["eval"], "damaged checkpoint", "huge.pt", "input.size")
 
 
 # ============================================================================ 15. spreadsheet formulas

@@ -25,7 +25,7 @@ class EMA:
     columns = ("ema_val_loss", "ema_val_accuracy")  # metrics.csv
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.module = copy_without_hooks(model).eval().requires_grad_(False)
         self.decay, self.warmup, self.updates = decay, warmup, 0
 
     @torch.no_grad()
@@ -62,6 +62,24 @@ class EMA:
             state.save_model("best_ema.pt", self.state_dict()["state_dict"],
                              {"val_accuracy": accuracy, "val_loss": row["ema_val_loss"]})
         return f"  ema_val_acc {accuracy:.4f}"
+
+
+HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+         "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def copy_without_hooks(model: nn.Module) -> nn.Module:
+    """A deep copy of the model's modules and tensors without the hooks other features put on the live model (the
+    domain adversary's feature hook holds its target batches, which cannot be copied and must not see the EMA's
+    forward passes)."""
+    saved = [(m, name, getattr(m, name)) for m in model.modules() for name in HOOKS if getattr(m, name, None)]
+    for m, name, hooks in saved:
+        setattr(m, name, type(hooks)())
+    try:
+        return copy.deepcopy(model)
+    finally:
+        for m, name, hooks in saved:
+            setattr(m, name, hooks)
 
 
 def build_ema(model: nn.Module, spec: EmaSpec) -> EMA | None:
