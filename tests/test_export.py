@@ -24,7 +24,7 @@ from conftest import ROOT, assert_ok, assert_user_error, cli_env, read_json, run
 
 TRAIN = ["train", "dataset=digits", "dataset.image_size=16", "epochs=4", "seed=0"]
 MISSING_EXTRA = "format=onnx needs onnx, onnxscript and onnxruntime"
-# name -> (the export arguments after checkpoint=, what the one line names); {base} is the scratch folder
+# name -> (export's arguments, what its one line names); {base}: the scratch folder, {best}: the trained checkpoint
 MISTAKES = {
     "not_a_checkpoint": (["checkpoint={base}/notes.txt"], "not an imgcls checkpoint"),
     "no_checkpoint_file": (["checkpoint={base}/nowhere.pt"], "checkpoint not found"),
