@@ -22,12 +22,14 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn, TypeVar
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls_cli.errors import UserError
+
+T = TypeVar("T")
 
 LOCK_NAME = ".imgcls.lock"
 STALE_TMP = re.compile(r"^\..+\.\d+\.tmp$")  # write_text_atomic's and save_checkpoint's temporary files
@@ -349,13 +351,8 @@ class RunDirGuard(Callback):
     def _start_run(self, config: DictConfig) -> None:
         overwrite = _overwrite(config)
         run_dir = Path(str(config.hydra.run.dir))
-        make_dir(run_dir, "hydra.run.dir")
-        acquire(run_dir)
-        try:
-            removed = check_run_dir(run_dir, _task(config), overwrite)
-        except BaseException:
-            release(run_dir)
-            raise
+        removed = _claim(run_dir, "hydra.run.dir", "run directory",
+                         lambda: check_run_dir(run_dir, _task(config), overwrite))
         if removed:
             print(f"resume: removed {len(removed)} temporary file(s) that an interrupted write left: "
                   f"{', '.join(str(p.relative_to(run_dir)) for p in removed)}")
@@ -372,18 +369,27 @@ class RunDirGuard(Callback):
     def _start_sweep(self, config: DictConfig) -> None:
         overwrite = _overwrite(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        make_dir(sweep_dir, "hydra.sweep.dir")
-        acquire(sweep_dir, "sweep directory")
-        try:
+
+        def check() -> None:
             found = previous_sweep(sweep_dir)
             if found and not overwrite:
                 raise UserError(f"sweep directory {sweep_dir} already holds a sweep ({found}); choose another "
                                 "hydra.sweep.dir, or add overwrite=true to replace it.")
             if found:
                 empty_for_reuse(sweep_dir, _task(config), "hydra.sweep.dir")
-        except BaseException:
-            release(sweep_dir)
-            raise
+
+        _claim(sweep_dir, "hydra.sweep.dir", "sweep directory", check)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         release(Path(str(config.hydra.sweep.dir)))
+
+
+def _claim(folder: Path, key: str, what: str, check: Callable[[], T]) -> T:
+    """Create and lock the folder `key` names, then check it; the lock is let go where the check refuses."""
+    make_dir(folder, key)
+    acquire(folder, what)
+    try:
+        return check()
+    except BaseException:
+        release(folder)
+        raise
