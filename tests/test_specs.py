@@ -72,7 +72,7 @@ def test_the_default_config_parses_into_its_values(train_config, datasets):
     assert (spec.device, spec.precision, spec.channels_last, spec.num_workers) == ("auto", "auto", "auto", "auto")
     assert (spec.compile, spec.tensorboard, spec.on_nan, spec.tta, spec.topk) == (False, False, "stop", "none", 5)
     assert (spec.init, spec.resume, spec.every_n_steps, spec.val_every) == (None, None, 0, 1)
-    assert spec.dataset.name == "digits" and spec.model["name"] == "simple_cnn" and spec.augment.name == "none"
+    assert spec.dataset.name == "digits" and spec.model.name == "simple_cnn" and spec.augment.name == "none"
     assert spec.config == train_config() and spec.explicit_keys == frozenset()
 
 
@@ -89,7 +89,7 @@ def test_every_option_of_every_group_composes_and_parses(train_config, datasets,
     override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
     spec = parsed(train_config, datasets, override)
     if group == "model":
-        assert spec.model["name"] == OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml")["name"]
+        assert spec.model.name == OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml")["name"]
     elif group == "dataset":
         assert spec.dataset.name == OmegaConf.load(CONF_DIR / "dataset" / f"{option}.yaml")["name"]
     elif group in ("augment", "optimizer", "schedule"):

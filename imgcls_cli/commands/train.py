@@ -57,12 +57,12 @@ def asked_image_size(spec: Any, init: dict[str, Any] | None) -> int | None:
 
     if "dataset.image_size" in spec.explicit_keys:
         return None
-    wanted = int(init["input"]["size"]) if init else input_size(spec.model["name"], spec.model_kwargs)
+    wanted = int(init["input"]["size"]) if init else input_size(spec.model.name, spec.model_kwargs)
     have = spec.dataset.image_size  # None: auto
     if wanted is None or wanted == have:
         return None
     if not quiet_rank():
-        asker = f"init={spec.init}" if init else f"model {spec.model['name']}"
+        asker = f"init={spec.init}" if init else f"model {spec.model.name}"
         given = spec.config["dataset"].get("image_size")
         log.info(f"{asker} asks for {wanted}x{wanted} inputs: dataset.image_size {given} -> {wanted} (set "
                  "dataset.image_size to choose)")

@@ -15,7 +15,7 @@ from imgcls_cli.data.loader import DeviceLoader, make_loader
 from imgcls_cli.engine import distributed, precise_bn
 from imgcls_cli.engine.domain import DomainAdversary, cycle, target_dataset_config
 from imgcls_cli.errors import UserError, as_float
-from imgcls_cli.models import create_model
+from imgcls_cli.models import ModelSpec, create_model
 from imgcls_cli.models import normalization as model_norm
 from imgcls_cli.plots import plot_augment_preview
 from imgcls_cli.specs.loop import BNRecalibrateSpec
@@ -39,12 +39,11 @@ def model_input(bundle: DatasetBundle) -> dict[str, Any]:
     return {"channels": bundle.channels, "size": bundle.image_size, "mean": bundle.mean, "std": bundle.std}
 
 
-def build_model(model_cfg: dict[str, Any], bundle: DatasetBundle) -> tuple[nn.Module, str, dict[str, Any]]:
+def build_model(model: ModelSpec, bundle: DatasetBundle) -> tuple[nn.Module, str, dict[str, Any]]:
     """The configured model for this dataset: its channels, size and classes flow into the builder."""
-    kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
-    kwargs.update(num_classes=bundle.num_classes, in_channels=bundle.channels, image_size=bundle.image_size)
-    name = model_cfg["name"]
-    return create_model(name, **kwargs), name, kwargs
+    kwargs = {**model.kwargs, "num_classes": bundle.num_classes, "in_channels": bundle.channels,
+              "image_size": bundle.image_size}
+    return create_model(model.name, **kwargs), model.name, kwargs
 
 
 def log_class_counts(bundle: DatasetBundle) -> None:
@@ -55,16 +54,15 @@ def log_class_counts(bundle: DatasetBundle) -> None:
     log.info("train images per class: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
 
 
-def model_normalization(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], bundle: DatasetBundle,
+def model_normalization(model: ModelSpec, dataset_cfg: dict[str, Any], bundle: DatasetBundle,
                         init: dict[str, Any] | None) -> None:
     """Pretrained weights bring their own mean/std (init=PATH's, unless dataset.mean/std are set, or torchvision's);
     a 1-channel dataset takes the mean over RGB."""
-    model_kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
     if init is not None:
         given = dataset_cfg.get("mean") is not None
         stats = None if given else (init["input"]["mean"], init["input"]["std"])
     else:
-        stats = model_norm(model_cfg["name"], model_kwargs)
+        stats = model_norm(model.name, dict(model.kwargs))
     if stats is None:
         return
     mean, std = ([float(sum(v) / len(v))] * bundle.channels if len(v) != bundle.channels else list(map(float, v))

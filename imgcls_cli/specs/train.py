@@ -12,6 +12,7 @@ from imgcls_cli.specs.dataset import DatasetSpec
 from imgcls_cli.specs.device import check_channels_last, check_precision
 from imgcls_cli.specs.eval import check_batch_size, check_topk, check_tta
 from imgcls_cli.specs.loop import BNRecalibrateSpec, DistributedSpec, EarlyStoppingSpec, EmaSpec
+from imgcls_cli.specs.model import ModelSpec
 from imgcls_cli.specs.optimizer import OptimizerSpec
 from imgcls_cli.specs.schedule import ScheduleSpec
 from imgcls_cli.specs.transfer import DistillSpec, DomainSpec, FinetuneSpec
@@ -33,8 +34,8 @@ def _switch(cfg: Mapping[str, Any], key: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Every setting of a training run, checked. model stays the plain config group until its own spec holds it;
-    config is the whole resolved config (what checkpoints and config.yaml record)."""
+    """Every setting of a training run, checked; config is the whole resolved config (what checkpoints and
+    config.yaml record)."""
 
     epochs: int
     batch_size: int | None  # None: auto, chosen once the training split's size is known
@@ -64,7 +65,7 @@ class TrainSpec:
     ema: EmaSpec
     resume: str | None
     dataset: DatasetSpec
-    model: dict[str, Any]
+    model: ModelSpec
     augment: AugmentSpec
     config: dict[str, Any] = field(repr=False)
     explicit_keys: frozenset[str] = frozenset()  # the keys set on the command line
@@ -106,6 +107,7 @@ class TrainSpec:
                                minimum=0)
         early_stopping, ema = EarlyStoppingSpec.parse(cfg.get("early_stopping")), EmaSpec.parse(cfg.get("ema"))
         dataset = DatasetSpec.from_config(cfg["dataset"])  # last, as the data loading checked it after the rest
+        model = ModelSpec.from_config(cfg["model"])  # then the model's keyword arguments, as building checks them
         return cls(
             epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, schedule=schedule,
             optimizer=optimizer, distill=distill, finetune=finetune, domain=domain, init=cfg.get("init") or None,
@@ -113,13 +115,13 @@ class TrainSpec:
             distributed=distributed, device=str(cfg["device"]), precision=precision, channels_last=channels_last,
             num_workers=num_workers, compile=compile_, tensorboard=tensorboard, val_every=val_every,
             every_n_steps=every_n_steps, early_stopping=early_stopping, ema=ema,
-            resume=str(cfg["resume"]) if cfg.get("resume") else None, dataset=dataset, model=cfg["model"],
+            resume=str(cfg["resume"]) if cfg.get("resume") else None, dataset=dataset, model=model,
             augment=augment, config=cfg, explicit_keys=frozenset(explicit_keys))
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
         """The model builder's keyword arguments from the config (every model key but its name)."""
-        return {k: v for k, v in self.model.items() if k != "name"}
+        return dict(self.model.kwargs)
 
 
 def _domain(cfg: dict[str, Any] | None, dataset_configs: Mapping[str, dict[str, Any]]) -> DomainSpec | None:
