@@ -100,7 +100,9 @@ def section(name: str, result: dict) -> list[str]:
     first = result["repeats"][0]["output"].strip()
     context = first.splitlines()[0] if first else ""
     header = result["header"]
-    return [f"## {name}", "", f"`python benchmarks/{' '.join(result['command'])}`: {context}", "",
+    runs = result.get("repeats_run", len(result["repeats"]))
+    kind = "median of {} repeats".format(runs) if runs > 1 else "one run"
+    return [f"## {name}", "", f"`python benchmarks/{' '.join(result['command'])}` ({kind}): {context}", "",
             "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |",
             *("| " + " | ".join(row) + " |" for row in result["median"]), ""]
 
@@ -115,9 +117,11 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true",
                         help=f"also put the tables into docs/benchmarks.md, between {README_START} and {README_END}")
     parser.add_argument("--render", action="store_true", help="run nothing: write the .md (and README) from the .json")
+    parser.add_argument("--machine", help="the machine whose results to use (default: this one's CPU), as named in "
+                                          "the first line of its .md; for --render on another machine")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
-    machine = cpu_name()
+    machine = args.machine or cpu_name()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", machine).strip("-").lower() + ("-quick" if args.quick else "")
     json_file = args.out / f"{slug}.json"
     results: dict[str, dict] = {}
@@ -143,10 +147,10 @@ def main() -> None:
                          "date": datetime.date.today().isoformat(), "repeats_run": repeats,
                          "repeats": [{"rows": rows_i, "output": text} for (_, rows_i), text in zip(tables, outputs)]}
         print(f"{name}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
-    dates = sorted({r.get("date", datetime.date.today().isoformat()) for r in results.values()})
+    dates = sorted({r["date"] for r in results.values() if "date" in r})  # the first runs recorded none
     report = [f"# Benchmarks on {machine}", "",
               f"{' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else ''}, {'quick, ' if args.quick else ''}"
-              f"median of {repeats} repeat(s) per cell.", ""]
+              "each table the median of the repeats named beside its command.", ""]
     for name in BENCHMARKS:
         if name in results:
             report += section(name, results[name])

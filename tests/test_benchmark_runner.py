@@ -106,3 +106,13 @@ def test_the_export_benchmark_quick_prints_speeds_accuracies_and_goals_in_one_ta
     loss = by_measure["int8 accuracy loss, points"]
     assert abs(number(loss[4]) - (fp32 - int8) * 100) < 0.006
     assert loss[7] == ("met" if number(loss[4]) <= 0.5 else "not met")
+
+
+def test_each_section_says_how_many_repeats_its_medians_are_of():
+    runner = load_runner()
+    output = "context line\n\n| a | b |\n| --- | --- |\n| x | 1.0 |\n"
+    result = {"command": ["export.py"], "header": ["a", "b"], "median": [["x", "1.0"]],
+              "repeats": [{"rows": [["x", "1.0"]], "output": output}]}
+    assert "`python benchmarks/export.py` (one run): context line" in runner.section("export", result)
+    three = {**result, "repeats_run": 3, "repeats": result["repeats"] * 3}
+    assert "`python benchmarks/export.py` (median of 3 repeats): context line" in runner.section("export", three)
