@@ -1,4 +1,7 @@
-"""PNG figures: training curves and confusion matrices, written without opening a window."""
+"""PNG figures of a run (curves, confusion matrix, reliability, image grids), written without opening a window.
+
+A figure a reader has to decode is built by a *_figure function that returns it (tests inspect what it draws);
+plot_* saves it (save_figure: atomically, then closed)."""
 
 from __future__ import annotations
 
@@ -13,15 +16,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from imgcls_cli.metrics import row_normalized  # noqa: E402
 from imgcls_cli.rundir import atomic_writer  # noqa: E402
 
 DPI = 110
 MAX_ANNOTATED_CLASSES = 30
+GRID_CELL_INCHES = 2.2  # an image and its title in plot_image_grid
+GRID_TITLE_CHARS = 30  # the characters of a title line that fit its 2.2 in at 7 pt
 
 
-def _to_float(value: object) -> float:
+def to_float(value: object) -> float:
     """A number, or NaN for a missing value (None, '', NaN, unparsable)."""
     if value is None or value == "":
         return math.nan
@@ -31,7 +37,7 @@ def _to_float(value: object) -> float:
         return math.nan
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Write the figure as PNG atomically (rundir.atomic_writer: a failed write is one line, the previous file
     stays), then close it."""
     try:
@@ -47,28 +53,48 @@ def _plot_pair(ax: plt.Axes, epochs: np.ndarray, train: np.ndarray, val: np.ndar
     if not np.isnan(val).all():
         # Markers keep an isolated val point visible between missing epochs.
         ax.plot(epochs, val, marker="o", markersize=3, label="val")
+    epoch_axis(ax)
+
+
+def epoch_axis(ax: plt.Axes) -> None:
+    """An x axis of whole epochs (no "1.5" on a short run, one tick for one epoch), and a light grid."""
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(True, alpha=0.3)
-    ax.legend()
 
 
-def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> None:
-    """Save loss and accuracy against epoch, train and val, side by side."""
+def _mark_best(ax: plt.Axes, epochs: np.ndarray, val: np.ndarray, best_epoch: int) -> None:
+    """A labelled vertical line at the best epoch, and a star on the val curve there."""
+    ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.6, label=f"best epoch ({best_epoch})")
+    at = np.flatnonzero(epochs == best_epoch)
+    if len(at) and not np.isnan(val[at[-1]]):
+        ax.plot([best_epoch], [val[at[-1]]], marker="*", markersize=12, color="tab:green", linestyle="none")
+
+
+def curves_figure(rows: Sequence[Mapping[str, float]], best_epoch: int | None = None) -> Figure:
+    """Loss and accuracy against epoch, train and val, side by side; best_epoch (summary.json's) marked on each."""
     if not rows:
         raise ValueError("no epochs to plot")
     columns = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-    data = {key: np.array([_to_float(row.get(key)) for row in rows]) for key in columns}
-    epochs = np.array([_to_float(row.get("epoch", i + 1)) for i, row in enumerate(rows)])
+    data = {key: np.array([to_float(row.get(key)) for row in rows]) for key in columns}
+    epochs = np.array([to_float(row.get("epoch", i + 1)) for i, row in enumerate(rows)])
+    best = best_epoch if best_epoch and best_epoch in epochs else None
 
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    _plot_pair(loss_ax, epochs, data["train_loss"], data["val_loss"])
-    loss_ax.set_title("Loss")
-    loss_ax.set_ylabel("loss")
-    _plot_pair(acc_ax, epochs, data["train_accuracy"], data["val_accuracy"])
-    acc_ax.set_title("Accuracy")
-    acc_ax.set_ylabel("accuracy")
-    acc_ax.set_ylim(-0.02, 1.02)
-    _save(fig, path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, name in zip(axes, ("loss", "accuracy")):
+        _plot_pair(ax, epochs, data[f"train_{name}"], data[f"val_{name}"])
+        if best is not None:
+            _mark_best(ax, epochs, data[f"val_{name}"], best)
+        ax.set_title(name.capitalize())
+        ax.set_ylabel(name)
+        ax.legend()
+    axes[1].set_ylim(-0.02, 1.02)
+    return fig
+
+
+def plot_curves(rows: Sequence[Mapping[str, float]], path: Path, best_epoch: int | None = None) -> None:
+    """Save curves_figure as PNG."""
+    save_figure(curves_figure(rows, best_epoch), path)
 
 
 def _annotate(ax: plt.Axes, values: np.ndarray, normalize: bool, vmax: float, fontsize: float) -> None:
@@ -112,7 +138,7 @@ def plot_confusion_matrix(
     ax.set_title(title)
     if num_classes <= MAX_ANNOTATED_CLASSES:
         _annotate(ax, values, normalize, vmax, fontsize)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_augment_preview(
@@ -162,43 +188,15 @@ def plot_lr(lrs_per_step: Sequence[float], iters_per_epoch: int, path: Path) -> 
     ax.set_title("Learning rate")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def plot_compare(jobs: Sequence[tuple[str, Sequence[Mapping[str, object]], object]], path: Path) -> None:
-    """A sweep's jobs in one figure: val accuracy and train loss per epoch, and a bar chart of test accuracy.
+def reliability_figure(counts: np.ndarray, accuracy: np.ndarray, confidence: np.ndarray, ece: float) -> Figure:
+    """A reliability diagram: per confidence bin, accuracy as a bar and mean confidence as a marker on the same
+    scale, joined by the gap ECE averages; below, the number of samples in each bin.
 
-    jobs: (label, metrics.csv rows, test accuracy or None) per job.
-    """
-    if not jobs:
-        raise ValueError("no jobs to compare")
-    fig, (acc_ax, loss_ax, bar_ax) = plt.subplots(1, 3, figsize=(16, 4.6))
-    for label, rows, _ in jobs:
-        epochs = [_to_float(r.get("epoch")) for r in rows]
-        acc_ax.plot(epochs, [_to_float(r.get("val_accuracy")) for r in rows], marker="o", markersize=3, label=label)
-        loss_ax.plot(epochs, [_to_float(r.get("train_loss")) for r in rows], marker="o", markersize=3, label=label)
-    for ax, title in ((acc_ax, "Validation accuracy"), (loss_ax, "Training loss")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-    acc_ax.legend(fontsize=8)
-    tests = [_to_float(test) for _, _, test in jobs]
-    positions = np.arange(len(jobs))
-    bars = bar_ax.bar(positions, np.nan_to_num(tests), color="tab:blue")
-    for bar, value in zip(bars, tests):
-        if not math.isnan(value):
-            bar_ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.3f}", ha="center", va="bottom", fontsize=8)
-    bar_ax.set_xticks(positions, labels=[label for label, _, _ in jobs], rotation=30, ha="right", fontsize=8)
-    bar_ax.set_ylim(0, 1.05)
-    bar_ax.set_title("Test accuracy")
-    _save(fig, path)
-
-
-def plot_reliability(counts: np.ndarray, accuracy: np.ndarray, confidence: np.ndarray, ece: float, path: Path) -> None:
-    """Save a reliability diagram: accuracy per confidence bin against the diagonal, over a histogram of confidences.
-
-    Bars under the diagonal mean over-confidence; the histogram shows which bins hold enough samples to trust.
-    counts, accuracy, confidence: per equal-width bin over [0, 1], as metrics.calibration_bins returns them.
+    A marker above its bar means over-confidence. counts, accuracy, confidence: per equal-width bin over [0, 1],
+    as metrics.calibration_bins returns them.
     """
     counts, accuracy, confidence = np.asarray(counts), np.asarray(accuracy), np.asarray(confidence)
     num_bins = len(counts)
@@ -207,29 +205,46 @@ def plot_reliability(counts: np.ndarray, accuracy: np.ndarray, confidence: np.nd
     width = 1.0 / num_bins
     centers = (np.arange(num_bins) + 0.5) * width
     filled = counts > 0
-    fig, (rel_ax, hist_ax) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+    fig, (rel_ax, hist_ax) = plt.subplots(2, 1, figsize=(8.5, 6.5), sharex=True,
                                           gridspec_kw={"height_ratios": [3, 1]})
-    rel_ax.bar(centers[filled], accuracy[filled], width=width, edgecolor="black",
-               color="tab:blue", label="accuracy")
-    gap_bottom = np.minimum(accuracy, confidence)[filled]
-    rel_ax.bar(centers[filled], np.abs(confidence - accuracy)[filled], bottom=gap_bottom, width=width,
-               color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to confidence")
-    rel_ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    diagonal = rel_ax.plot([0, 1], [0, 1], linestyle="--", color="gray",
+                           label="perfect calibration (accuracy = confidence)")
+    bars = rel_ax.bar(centers[filled], accuracy[filled], width=width * 0.9, color="tab:blue", alpha=0.75,
+                      label="accuracy: fraction correct in the bin")
+    gaps = rel_ax.vlines(centers[filled], accuracy[filled], confidence[filled], color="tab:red", linewidth=2.5,
+                         label="gap between them\n(ECE: its mean, weighted by count)")
+    markers = rel_ax.plot(centers[filled], confidence[filled], linestyle="none", marker="D", markersize=6,
+                          color="tab:orange", markeredgecolor="black",
+                          label="mean confidence in the bin\n(above its bar: over-confident)")
     rel_ax.set_xlim(0, 1)
     rel_ax.set_ylim(0, 1)
-    rel_ax.set_ylabel("accuracy")
-    rel_ax.set_title(f"Reliability diagram (ECE = {ece:.4f})")
-    rel_ax.legend(loc="upper left", fontsize=8)
+    rel_ax.set_ylabel("accuracy / mean confidence")
+    rel_ax.set_title(f"Reliability diagram: ECE = {ece:.4f} over {int(counts.sum())} samples")
+    rel_ax.legend(handles=[bars, *markers, gaps, *diagonal], loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  fontsize=8, borderaxespad=0)
     rel_ax.grid(True, alpha=0.3)
-    hist_ax.bar(centers, counts, width=width, edgecolor="black", color="tab:gray")
+    hist_ax.bar(centers, counts, width=width * 0.9, color="tab:gray")
+    for x, n in zip(centers[filled], counts[filled]):
+        hist_ax.text(x, n, _count_text(int(n)), ha="center", va="bottom", fontsize=7)
+    hist_ax.set_ylim(0, max(1.0, float(counts.max())) * 1.3)  # room for the numbers above the bars
     hist_ax.set_xlabel("confidence (max probability)")
     hist_ax.set_ylabel("samples")
-    _save(fig, path)
+    return fig
 
 
-def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, limit: int = 32) -> None:
-    """Save a grid (8 wide, up to `limit` images) with a title above each: augmented samples, the most confident
-    errors of a run, predictions.
+def _count_text(n: int) -> str:
+    """A bin's count in at most 5 characters: 87, 4321, 12.3k."""
+    return str(n) if n < 10_000 else f"{n / 1000:.1f}k" if n < 100_000 else f"{n // 1000}k"
+
+
+def plot_reliability(counts: np.ndarray, accuracy: np.ndarray, confidence: np.ndarray, ece: float, path: Path) -> None:
+    """Save reliability_figure as PNG."""
+    save_figure(reliability_figure(counts, accuracy, confidence, ece), path)
+
+
+def image_grid_figure(images: np.ndarray, titles: Sequence[str], limit: int = 32, title: str | None = None) -> Figure:
+    """A grid (8 wide, up to `limit` images) with a title above each and, given one, a title over the figure:
+    augmented samples, the most confident errors of a run, predictions.
 
     images: (N, C, H, W), uint8 in [0, 255] or floats in [0, 1]; floats outside [0, 1] (normalized inputs) are
     stretched per image to [0, 1] so they stay recognizable instead of clipping to black and white.
@@ -242,18 +257,41 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, limit
     num_cols = min(8, n)
     num_rows = math.ceil(n / num_cols)
     # One mosaic in one axes, as in plot_augment_preview: much faster to draw than a subplot per image.
-    gap, band = max(2, w // 8), max(8, h // 3)
+    gap = max(2, w // 8)
+    lines = max(str(t).count("\n") + 1 for t in titles[:n])
+    band = math.ceil((w + gap) * (0.12 + 0.14 * lines) / GRID_CELL_INCHES)  # ~0.14 in a 7-pt line of title
     mosaic = np.ones((num_rows * (h + band + gap), num_cols * (w + gap), 3))
     for i, image in enumerate(pixels):
         top, left = (i // num_cols) * (h + band + gap) + band, (i % num_cols) * (w + gap)
         mosaic[top:top + h, left:left + w] = (np.repeat(image, 3, axis=0) if c == 1 else image[:3]).transpose(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(2.2 * num_cols + 0.5, 2.3 * num_rows + 0.3))
+    # The axes fill the figure, whose shape is the mosaic's: each image and its title get the full 2.2 in.
+    width = GRID_CELL_INCHES * num_cols
+    heading = 0.4 if title else 0.0
+    height = width * mosaic.shape[0] / mosaic.shape[1]
+    fig = plt.figure(figsize=(width, height + heading))
+    ax = fig.add_axes((0.0, 0.0, 1.0, height / (height + heading)))
     ax.imshow(mosaic, interpolation="nearest", aspect="equal")
     ax.axis("off")
-    for i, title in enumerate(titles[:n]):
+    for i, text in enumerate(titles[:n]):
         x, y = (i % num_cols) * (w + gap) + w / 2, (i // num_cols) * (h + band + gap) + band / 2
-        ax.text(x, y, title, ha="center", va="center", fontsize=7)
-    _save(fig, path)
+        ax.text(x, y, text, ha="center", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.0 - 0.08 / (height + heading), va="top", fontsize=10)
+    return fig
+
+
+def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, limit: int = 32,
+                    title: str | None = None) -> None:
+    """Save image_grid_figure as PNG."""
+    save_figure(image_grid_figure(images, titles, limit, title), path)
+
+
+def shorten(text: str, limit: int = GRID_TITLE_CHARS) -> str:
+    """text cut in the middle with an ellipsis to at most `limit` characters, so a file name keeps its end."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
 
 
 def _display_range(pixels: np.ndarray) -> np.ndarray:

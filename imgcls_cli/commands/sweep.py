@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from imgcls_cli import console as out
 from imgcls_cli.commands.runlock import release
 from imgcls_cli.rundir import write_csv
+
+if TYPE_CHECKING:
+    from imgcls_cli.sweep_plot import SweepJob
 
 COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
 
@@ -62,25 +65,49 @@ def mean_std_row(rows: list[dict[str, Any]]) -> list[Any] | None:
 
 
 def write_compare(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """compare.png: every job that recorded epochs, labelled by its overrides (those that differ between jobs)."""
-    from imgcls_cli.plots import plot_compare
-    from imgcls_cli.rundir import read_csv
+    """compare.png: every job that recorded epochs, by number, with a table of the overrides that differ between
+    jobs."""
+    from imgcls_cli.sweep_plot import plot_compare
 
-    varying = _varying_overrides(rows)
-    jobs = []
-    for row in rows:
-        metrics = next(sweep_dir.glob(f"{row['job']}_*/metrics.csv"), None)
-        if metrics is None:
-            continue
-        label = ",".join(o for o in row["overrides"].split(",") if o in varying) or f"job {row['job']}"
-        jobs.append((label, read_csv(metrics), row.get("test_accuracy")))
+    jobs = compare_jobs(sweep_dir, rows)
     if jobs:
         plot_compare(jobs, sweep_dir / "compare.png")
 
 
-def _varying_overrides(rows: list[dict[str, Any]]) -> set[str]:
-    seen = [set(r["overrides"].split(",")) for r in rows]
-    return set().union(*seen) - set.intersection(*seen) if len(seen) > 1 else set().union(*seen)
+def compare_jobs(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[SweepJob]:
+    """A SweepJob per row (collect's) whose folder holds metrics.csv: its epochs, accuracies and varying overrides."""
+    from imgcls_cli.rundir import read_csv
+    from imgcls_cli.sweep_plot import SweepJob
+
+    overrides = [override_values(row["overrides"]) for row in rows]
+    varying = _varying_keys(overrides)
+    jobs = []
+    for row, values in zip(rows, overrides):
+        metrics = next(sweep_dir.glob(f"{row['job']}_*/metrics.csv"), None)
+        if metrics is not None:
+            jobs.append(SweepJob(row["job"], read_csv(metrics), {k: values.get(k, "") for k in varying},
+                                 row.get("best_val_accuracy"), row.get("test_accuracy")))
+    return jobs
+
+
+def override_values(overrides: str) -> dict[str, str]:
+    """"a=1,b=[2,3]" -> {"a": "1", "b": "[2,3]"}: summary.csv's overrides cell split at its top-level commas."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(overrides):
+        depth += (char in "[({") - (char in "])}")
+        if char == "," and depth == 0:
+            items.append(overrides[start:i])
+            start = i + 1
+    items.append(overrides[start:])
+    return dict(item.partition("=")[::2] for item in items if item)
+
+
+def _varying_keys(overrides: list[dict[str, str]]) -> list[str]:
+    """The keys whose value differs between the jobs (every key of a single job), in the order first seen."""
+    keys = list(dict.fromkeys(key for values in overrides for key in values))
+    if len(overrides) < 2:
+        return keys
+    return [key for key in keys if len({values.get(key) for values in overrides}) > 1]
 
 
 class SweepSummary(Callback):

@@ -5,7 +5,7 @@ import glob
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,13 +20,17 @@ from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
 from imgcls_cli.export.runtime import load_for_inference
-from imgcls_cli.plots import plot_image_grid
+from imgcls_cli.plots import GRID_TITLE_CHARS, image_grid_figure, save_figure, shorten
 from imgcls_cli.rundir import file_kind, write_csv, write_json
 from imgcls_cli.specs.predict import PredictSpec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("imgcls")
 GLOB_CHARS = set("*?[")
 GRID_LIMIT = 64  # images in predictions.png
+PREDICTIONS_TITLE = "Predictions: each image's file name, then its predicted label (probability)"
 
 
 def read_list_file(text: str) -> list[Path]:
@@ -109,6 +113,18 @@ def _decoded(loader: DataLoader, errors: list[str], shown: list[np.ndarray], inp
         yield inputs.normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format), None
 
 
+def prediction_title(row: dict[str, Any]) -> str:
+    """An image's title in predictions.png: its file name, then its label and probability, each cut to fit."""
+    label = f" ({float(row['probability']):.2f})"
+    return f"{shorten(Path(row['path']).name)}\n{shorten(str(row['label']), GRID_TITLE_CHARS - len(label))}{label}"
+
+
+def predictions_figure(images: Sequence[np.ndarray], rows: Sequence[dict[str, Any]]) -> Figure:
+    """predictions.png: the decoded images (uint8, C x H x W) titled by prediction_title of their rows."""
+    return image_grid_figure(np.stack(images), [prediction_title(r) for r in rows], limit=GRID_LIMIT,
+                             title=PREDICTIONS_TITLE)
+
+
 def run_predict(spec: PredictSpec, run_dir: str | Path) -> dict[str, Any]:
     """Predict every input file; write predictions.csv (or spec.output); return counts and the file written."""
     dev = resolve_device(spec.device)
@@ -135,8 +151,7 @@ def run_predict(spec: PredictSpec, run_dir: str | Path) -> dict[str, Any]:
     write_json(as_json, [prediction_json(row, spec.topk) for row in rows])
     if shown:
         labelled = [r for r in rows if not r["error"]][: len(shown)]
-        plot_image_grid(np.stack(shown), [f"{r['label']} ({float(r['probability']):.2f})" for r in labelled],
-                        Path(run_dir) / "predictions.png", limit=GRID_LIMIT)
+        save_figure(predictions_figure(shown, labelled), Path(run_dir) / "predictions.png")
     ok = len(probs_np)
     _show(rows, ok, len(paths), seconds, target)
     if ok == 0:

@@ -3,13 +3,18 @@ classification_report.txt, reliability.png, misclassified.png (when images are g
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from imgcls_cli import metrics as M
-from imgcls_cli.plots import plot_confusion_matrix, plot_image_grid, plot_reliability
+from imgcls_cli.plots import image_grid_figure, plot_confusion_matrix, plot_reliability, save_figure, shorten
 from imgcls_cli.rundir import csv_line, spreadsheet_safe, write_csv, write_json, write_text_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MISCLASSIFIED_TITLE = "Most confident errors, each titled: true class → predicted class (probability of the prediction)"
 
 
 def result_columns(topk: int) -> list[str]:
@@ -79,16 +84,30 @@ def classification_report(per_class: Sequence[dict[str, Any]], metrics: dict[str
     return f"{header}\n\n{rows}\n{accuracy}{averages}"
 
 
+def error_title(true: str, predicted: str, probability: float) -> str:
+    """"cat → dog (0.97)", each class name cut to 12 characters so that the title fits above its image."""
+    return f"{shorten(str(true), 12)} → {shorten(str(predicted), 12)} ({probability:.2f})"
+
+
+def misclassified_figure(images: np.ndarray, probs: np.ndarray, targets: np.ndarray,
+                         classes: Sequence[str]) -> Figure | None:
+    """The most confident errors titled "true → predicted (p)", the figure's title saying so; None when nothing is
+    wrong."""
+    worst = M.most_confident_errors(probs, targets, limit=32)
+    if len(worst) == 0:
+        return None
+    preds = probs[worst].argmax(1)
+    titles = [error_title(classes[int(targets[i])], classes[int(p)], probs[i, p]) for i, p in zip(worst, preds)]
+    return image_grid_figure(np.asarray(images)[worst], titles, title=MISCLASSIFIED_TITLE)
+
+
 def write_misclassified(
     path: Path, images: np.ndarray, probs: np.ndarray, targets: np.ndarray, classes: Sequence[str]
 ) -> None:
-    """misclassified.png: the most confident errors titled "true → predicted (p)"; no file when nothing is wrong."""
-    worst = M.most_confident_errors(probs, targets, limit=32)
-    if len(worst) == 0:
-        return
-    preds = probs[worst].argmax(1)
-    titles = [f"{classes[int(targets[i])]} → {classes[int(p)]} ({probs[i, p]:.2f})" for i, p in zip(worst, preds)]
-    plot_image_grid(np.asarray(images)[worst], titles, path)
+    """misclassified.png (misclassified_figure); no file when nothing is wrong."""
+    fig = misclassified_figure(images, probs, targets, classes)
+    if fig is not None:
+        save_figure(fig, path)
 
 
 def write_eval_reports(

@@ -94,7 +94,7 @@ def finish(run: Run, t: Training) -> None:
     run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
     if not run.main:  # rank 0 tests best.pt and reports
         return
-    plot_curves(rows, run.run_dir / "plots" / "curves.png")
+    plot_curves(rows, run.run_dir / "plots" / "curves.png", best_epoch=run.summary.get("best_epoch"))
     test_metrics = evaluate_best(t.state.model, run.run_dir, t.eval_loaders["test"], t.bundle, t.amp, t.spec.topk,
                                  t.spec.tta)
     run.summary["test_accuracy"] = test_metrics.get("accuracy")
