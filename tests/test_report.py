@@ -49,19 +49,38 @@ def test_ten_thousand_test_images_make_a_page_under_ten_megabytes(tmp_path):
     assert "capped" in html.unescape(path.read_text(encoding="utf-8"))  # the page says so
 
 
-def test_the_cap_per_cell_shrinks_until_the_page_holds_its_budget_of_thumbnails():
-    rng = np.random.default_rng(0)
-    targets, labels = rng.integers(0, 100, 10_000), rng.integers(0, 100, 10_000)  # 100 classes, most cells filled
-    ev = Evaluation(Path("."), {}, [str(c) for c in range(100)], [], "index",
-                    [Prediction(str(i), int(t), int(p), float(rng.random())) for i, (t, p) in enumerate(zip(targets,
-                                                                                                          labels))])
-    gallery = build_gallery(ev, None, {})
-    counts = [cell["n"] for cell in gallery.cells.values()]
-    shown = sum(len(cell["items"]) for cell in gallery.cells.values())
-    assert gallery.cap < CELL_CAP and shown <= MAX_THUMBNAILS
-    assert shown == sum(min(n, gallery.cap) for n in counts)
-    assert sum(min(n, gallery.cap + 1) for n in counts) > MAX_THUMBNAILS  # the largest cap that fits
+def _many(classes: int, n: int, seed: int = 0) -> Evaluation:
+    """Predictions over many classes, about 70% right."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, classes, n)
+    labels = np.where(rng.random(n) < 0.7, targets, rng.integers(0, classes, n))
+    return Evaluation(Path("."), {}, [f"class {c}" for c in range(classes)], [], "index",
+                      [Prediction(str(i), int(t), int(p), float(rng.random())) for i, (t, p) in
+                       enumerate(zip(targets, labels))])
+
+
+def test_with_many_classes_the_cap_shrinks_and_the_largest_cells_keep_their_thumbnails():
+    gallery = build_gallery(_many(100, 10_000), None, {})
+    cells = list(gallery.cells.values())
+    assert len(cells) > MAX_THUMBNAILS // CELL_CAP and 1 <= gallery.cap < CELL_CAP
+    assert sum(len(c["items"]) for c in cells) == MAX_THUMBNAILS  # the budget, all of it
+    short = [c["n"] for c in cells if len(c["items"]) < min(c["n"], gallery.cap)]
+    assert all(len(c["items"]) == min(c["n"], gallery.cap) for c in cells if c["n"] > max(short, default=0))
     assert cell_cap([5, 30, 0]) == CELL_CAP and cell_cap([100] * 200, budget=1000) == 5
+    assert cell_cap([1] * 5000) == 1  # never 0: the largest cells show one each
+
+
+def test_a_matrix_too_large_to_draw_is_listed_by_its_largest_cells():
+    from imgcls_cli.report.gallery import MAX_LISTED_CELLS
+    from imgcls_cli.report.page import run_page
+    from imgcls_cli.report.rundata import RunRecord
+
+    ev = _many(1000, 30_000)
+    text = run_page(RunRecord(Path("run"), "eval", {}, {}, "", [], ev, []), None)
+    data = page_data(text)
+    assert len(data["cells"]) == MAX_LISTED_CELLS and 'class="cm listed"' in text
+    counts = sorted((c["n"] for c in data["cells"].values()), reverse=True)
+    assert counts[0] >= 15 and len(text) < 1_000_000  # not a million cells
 
 
 def test_a_cell_shows_errors_most_confident_first_and_right_answers_least_confident_first():

@@ -150,7 +150,13 @@ SCRIPT = r"""
     view.textContent = "";
     var text = "true " + classes[t] + ", predicted " + classes[p] + ": " + cell.n +
       (cell.n === 1 ? " image" : " images");
-    if (cell.items.length < cell.n) text += ", " + cell.items.length + " shown (at most " + data.cap + " a cell)";
+    if (cell.items.length < cell.n) {
+      text += ", " + cell.items.length + " shown (at most " + data.cap + " a cell";
+      if (cell.items.length < Math.min(cell.n, data.cap)) {
+        text += "; the page's " + data.budget + " thumbnails are spent";
+      }
+      text += ")";
+    }
     view.appendChild(el("p", "cell-head", text));
     var grid = el("div", "thumbs");
     grid.id = "cell-thumbs";

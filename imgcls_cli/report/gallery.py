@@ -10,13 +10,19 @@ from typing import Any
 
 from imgcls_cli.data.decode import DecodeError, decode_image
 from imgcls_cli.report.rundata import Evaluation, Prediction
-from imgcls_cli.report.thumbs import MAX_EXPLANATIONS, OVERLAY_SIZE, ImageSource, cell_cap, jpeg_base64
+from imgcls_cli.report.thumbs import (MAX_EXPLANATIONS, MAX_THUMBNAILS, OVERLAY_SIZE, ImageSource, cell_cap,
+                                      jpeg_base64)
+
+
+MAX_GRID_CLASSES = 100  # more classes: the page lists the largest cells instead of drawing the whole matrix
+MAX_LISTED_CELLS = 400
 
 
 @dataclass
 class Gallery:
     cells: dict[str, dict[str, Any]]  # "t,p" -> {"n": count, "items": [[jpeg or None, probability, key, [ex]]]}
     cap: int  # thumbnails a cell shows at most
+    grid: bool = True  # the whole matrix (else: only the largest cells, listed)
     shown: int = 0  # thumbnails in the page
     unread: int = 0  # images chosen for a cell whose pixels could not be had
 
@@ -32,12 +38,22 @@ def _order(items: list[Prediction], diagonal: bool, explained: dict[str, list[in
 
 
 def build_gallery(evaluation: Evaluation, images: ImageSource | None, explained: dict[str, list[int]]) -> Gallery:
-    """Each cell's count and its first `cap` images (see _order) as thumbnails; `images` None: counts alone."""
+    """Each cell's count and its first `cap` images (see _order) as thumbnails, the largest cells first while the
+    page's MAX_THUMBNAILS last; `images` None: the counts alone. With more than MAX_GRID_CLASSES classes, only the
+    MAX_LISTED_CELLS largest cells."""
     groups: dict[tuple[int, int], list[Prediction]] = {}
     for p in evaluation.predictions:
         groups.setdefault((p.target, p.label), []).append(p)
-    cap = cell_cap(len(v) for v in groups.values())
-    chosen = {cell: _order(items, cell[0] == cell[1], explained)[:cap] for cell, items in groups.items()}
+    largest = sorted(groups, key=lambda c: (-len(groups[c]), c))
+    grid = len(evaluation.classes) <= MAX_GRID_CLASSES
+    if not grid:
+        largest = largest[:MAX_LISTED_CELLS]
+    cap = cell_cap(len(groups[c]) for c in largest)
+    budget, chosen = MAX_THUMBNAILS, {}
+    for cell in largest:
+        take = min(len(groups[cell]), cap, budget)
+        chosen[cell] = _order(groups[cell], cell[0] == cell[1], explained)[:take]
+        budget -= take
     keys = [p.key for items in chosen.values() for p in items]
     pixels = images.load(keys) if images is not None and keys else {}
     cells = {}
@@ -46,7 +62,7 @@ def build_gallery(evaluation: Evaluation, images: ImageSource | None, explained:
             [jpeg_base64(pixels[i.key]) if i.key in pixels else None, _rounded(i.probability), i.key,
              explained.get(i.key, [])] for i in items]}
     unread = sum(1 for k in keys if k not in pixels) if images is not None else 0
-    return Gallery(cells, cap, shown=len(keys) - unread, unread=unread)
+    return Gallery(cells, cap, grid, shown=len(keys) - unread, unread=unread)
 
 
 def _rounded(value: float) -> float | None:

@@ -13,7 +13,7 @@ from imgcls_cli.report.gallery import build_gallery, explanation_data
 from imgcls_cli.report.markup import document, footer, json_script
 from imgcls_cli.report.rundata import RunRecord, read_run
 from imgcls_cli.report.safe import write_safely
-from imgcls_cli.report.thumbs import ImageSource
+from imgcls_cli.report.thumbs import MAX_THUMBNAILS, ImageSource
 from imgcls_cli.rundir import write_text_atomic
 
 REPORT = "report.html"
@@ -32,7 +32,8 @@ def run_page(record: RunRecord, images: ImageSource | None, images_note: str = "
         gallery = build_gallery(ev, images, explained)
         if images is None and not images_note:
             images_note = "Thumbnails: not available for this run."
-        data = {"classes": ev.classes, "cells": gallery.cells, "cap": gallery.cap, "explanations": overlays}
+        data = {"classes": ev.classes, "cells": gallery.cells, "cap": gallery.cap, "budget": MAX_THUMBNAILS,
+                "explanations": overlays}
         parts += [S.metrics_table(record, ev), S.per_class(ev), S.calibration(ev),
                   S.confusion(ev, gallery, images_note), S.explanations(ev, unread_overlays)]
     parts += [S.skipped(record), S.config(record), S.environment(record)]

@@ -11,7 +11,7 @@ from imgcls_cli.report.gallery import Gallery
 from imgcls_cli.report.markup import duration, esc, key_values, percent, pre, section, table
 from imgcls_cli.report.rundata import Evaluation, RunRecord
 from imgcls_cli.report.svg import PALETTE, Series, line_chart, reliability_diagram
-from imgcls_cli.report.thumbs import CELL_CAP, MAX_EXPLANATIONS, THUMB_SIZE
+from imgcls_cli.report.thumbs import CELL_CAP, MAX_EXPLANATIONS, MAX_THUMBNAILS, THUMB_SIZE
 
 MAX_SKIPPED_ROWS = 1000  # skipped files listed in the page (all of them are in skipped_files.txt)
 SMALL_MATRIX = 30  # classes from which the matrix's cells drop their numbers (each has its count as a tooltip)
@@ -121,38 +121,64 @@ def calibration(ev: Evaluation) -> str:
                    "(15 bins); a bar under the diagonal is over-confidence. Hover a bar for its count.")
 
 
-def confusion(ev: Evaluation, gallery: Gallery, images_note: str) -> str:
+def _cell(t: int, p: int, count: int, share: float, tip: str) -> str:
+    """A clickable cell: its count, shaded by its share of the row (green on the diagonal, red off it)."""
+    style = ""
+    if count:
+        rgb = "26,127,55" if t == p else "207,34,46"
+        style = f' style="background:rgba({rgb},{share:.3f}){";color:#fff" if share > 0.5 else ""}"'
+    return (f'<td class="cell" tabindex="0" role="button" data-t="{t}" data-p="{p}" data-n="{count}"{style} '
+            f'title="{esc(tip)}">{count}</td>')
+
+
+def _grid(ev: Evaluation, gallery: Gallery) -> tuple[str, int]:
     n = len(ev.classes)
     counts = [[gallery.cells.get(f"{t},{p}", {}).get("n", 0) for p in range(n)] for t in range(n)]
     head = "".join(f'<th class="colhead" scope="col">{esc(c)}</th>' for c in ev.classes)
     body = []
     for t, name in enumerate(ev.classes):
         total = sum(counts[t]) or 1
-        cells = []
-        for p, count in enumerate(counts[t]):
-            share = count / total
-            rgb = "26,127,55" if t == p else "207,34,46"
-            color = "#fff" if share > 0.5 else "inherit"
-            tip = f"true {name}, predicted {ev.classes[p]}: {count} ({100 * share:.1f}% of the row)"
-            cells.append(f'<td class="cell" tabindex="0" role="button" data-t="{t}" data-p="{p}" '
-                         f'data-n="{count}" style="background:rgba({rgb},{share:.3f});color:{color}" '
-                         f'title="{esc(tip)}">{count}</td>')
-        body.append(f'<tr><th class="row" scope="row">{esc(name)}</th>{"".join(cells)}</tr>')
+        cells = "".join(_cell(t, p, count, count / total, f"true {name}, predicted {ev.classes[p]}: {count} "
+                                                          f"({100 * count / total:.1f}% of the row)")
+                        for p, count in enumerate(counts[t]))
+        body.append(f'<tr><th class="row" scope="row">{esc(name)}</th>{cells}</tr>')
     small = " small" if n > SMALL_MATRIX else ""
-    grid = (f'<div class="cm-wrap"><table class="cm{small}"><thead><tr><th>true \\ predicted</th>{head}</tr>'
-            f'</thead><tbody>{"".join(body)}</tbody></table></div><div id="cell-view"></div>')
-    total = sum(map(sum, counts))
-    note = (f"Rows: true class, columns: predicted ({total} images). Click a cell for its images: at most "
-            f"{gallery.cap} a cell (thumbnails are capped: {CELL_CAP} a cell, fewer where the page would hold more "
-            f"than its budget; {THUMB_SIZE} px JPEGs), explained images first, then errors most confident first "
-            "and right answers least confident first.")
+    return (f'<table class="cm{small}"><thead><tr><th>true \\ predicted</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>'), sum(map(sum, counts))
+
+
+def _listed(ev: Evaluation, gallery: Gallery) -> str:
+    """The largest cells, one a row, for a matrix too large to draw."""
+    rows = []
+    for key, cell in gallery.cells.items():
+        t, p = map(int, key.split(","))
+        true, predicted, count = ev.classes[t], ev.classes[p], cell["n"]
+        tip = f"true {true}, predicted {predicted}: {count}"
+        rows.append(f"<tr><td>{esc(true)}</td><td>{esc(predicted)}</td>{_cell(t, p, count, 0.0, tip)}</tr>")
+    return ('<table class="cm listed"><thead><tr><th>true</th><th>predicted</th><th>images</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def confusion(ev: Evaluation, gallery: Gallery, images_note: str) -> str:
+    total = len(ev.predictions)
+    if gallery.grid:
+        table, total = _grid(ev, gallery)
+        note = f"Rows: true class, columns: predicted ({total} images). Click a cell for its images: "
+    else:
+        table = _listed(ev, gallery)
+        note = (f"{len(ev.classes)} classes: the {len(gallery.cells)} largest cells of the matrix ({total} images; "
+                "all of it is in confusion_matrix.csv). Click a count for its images: ")
+    note += (f"at most {gallery.cap} a cell (thumbnails are capped: {CELL_CAP} a cell, fewer where the page would "
+             f"hold more than {MAX_THUMBNAILS}, the largest cells first; {THUMB_SIZE} px JPEGs), explained images "
+             "first, then errors most confident first and right answers least confident first.")
     if images_note:
         note += " " + images_note
     if gallery.unread and not gallery.shown:
         note += " Thumbnails: none, the images could not be read (moved or deleted since the run?)."
     elif gallery.unread:
         note += f" {gallery.unread} of the images chosen could not be read."
-    return section("confusion", "Confusion matrix", grid, note)
+    body = f'<div class="cm-wrap">{table}</div><div id="cell-view"></div>'
+    return section("confusion", "Confusion matrix", body, note)
 
 
 def explanations(ev: Evaluation, unread: int) -> str:

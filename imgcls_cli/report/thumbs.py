@@ -8,9 +8,9 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from imgcls_cli.data.decode import DecodeError, decode_image
+from imgcls_cli.data.files import decode_into
 
-import cv2  # noqa: E402,I001  (after decode.py, which sets OpenCV's pixel limit)
+import cv2  # noqa: E402,I001  (after data/decode.py, which sets OpenCV's pixel limit)
 
 THUMB_SIZE = 48  # pixels of a thumbnail's longer side (a smaller image keeps its size; the page scales it up)
 OVERLAY_SIZE = 128  # the same for an explanation's overlay
@@ -53,20 +53,17 @@ def split_images(split: Any) -> SplitImages:
 
 
 class FileImages:
-    """Image files by key, decoded with the project's decoder (a file that is gone or broken is left out)."""
+    """Image files by key, decoded (on a thread pool, at the thumbnail's size) with the project's decoder; a file
+    that is gone or broken is left out."""
 
     def __init__(self, paths: Mapping[str, Path]) -> None:
         self.paths = dict(paths)
 
     def load(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        out = {}
-        for key in keys:
-            if key in self.paths:
-                try:
-                    out[key] = decode_image(self.paths[key], 3, None)
-                except (DecodeError, OSError, ValueError):
-                    continue
-        return out
+        found = [k for k in keys if k in self.paths]
+        out = np.zeros((len(found), 3, THUMB_SIZE, THUMB_SIZE), np.uint8)
+        errors = decode_into(out, [self.paths[k] for k in found]) if found else []
+        return {k: out[i] for i, k in enumerate(found) if errors[i] is None}
 
 
 def jpeg_base64(image: np.ndarray, size: int = THUMB_SIZE) -> str:
@@ -89,8 +86,8 @@ def jpeg_base64(image: np.ndarray, size: int = THUMB_SIZE) -> str:
 
 def cell_cap(counts: Iterable[int], cap: int = CELL_CAP, budget: int = MAX_THUMBNAILS) -> int:
     """The thumbnails one cell shows at most: `cap`, less while all the cells together would show more than
-    `budget` (0 when even one a cell is too many)."""
+    `budget`, and at least 1 (then the largest cells have theirs until the budget is spent)."""
     counts = [int(n) for n in counts if n]
-    while cap > 0 and sum(min(n, cap) for n in counts) > budget:
+    while cap > 1 and sum(min(n, cap) for n in counts) > budget:
         cap -= 1
     return cap
