@@ -1,7 +1,7 @@
 """The sweep summary: a Hydra callback that gathers every job's summary.json when a multirun ends."""
 from __future__ import annotations
 
-import logging
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgcls_cli import console as out
 from imgcls_cli.commands.runlock import release
-from imgcls_cli.report.sweep import write_sweep_report_safely
 from imgcls_cli.rundir import write_csv
-from imgcls_cli.sweep_table import COLUMNS, job_dir, job_label, mean_std_row, varying_overrides
 
-log = logging.getLogger("imgcls")
+COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
 
 
 class SweepFailed(SystemExit):
@@ -39,11 +37,11 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     import json
 
     rows = []
-    for folder in sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_number):
-        overrides = OmegaConf.load(folder / ".hydra" / "overrides.yaml")
-        row: dict[str, Any] = {"job": folder.name.split("_", 1)[0], "overrides": ",".join(overrides),
+    for job_dir in sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_number):
+        overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+        row: dict[str, Any] = {"job": job_dir.name.split("_", 1)[0], "overrides": ",".join(overrides),
                                "status": "failed"}
-        summary_file = folder / "summary.json"
+        summary_file = job_dir / "summary.json"
         if summary_file.is_file():
             summary = json.loads(summary_file.read_text())
             row.update({k: summary.get(k) for k in COLUMNS[2:]})
@@ -51,20 +49,38 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def mean_std_row(rows: list[dict[str, Any]]) -> list[Any] | None:
+    """"mean ± std" of each number column over the completed jobs (a cross-validation's result), from two jobs on."""
+    done = [r for r in rows if r["status"] == "completed"]
+    if len(done) < 2:
+        return None
+    cells: list[Any] = ["", f"mean ± std of {len(done)} completed", ""]
+    for column in COLUMNS[3:]:
+        values = [float(r[column]) for r in done if r.get(column) is not None]
+        cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+    return cells
+
+
 def write_compare(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     """compare.png: every job that recorded epochs, labelled by its overrides (those that differ between jobs)."""
     from imgcls_cli.plots import plot_compare
     from imgcls_cli.rundir import read_csv
 
-    varying = varying_overrides(rows)
+    varying = _varying_overrides(rows)
     jobs = []
     for row in rows:
-        folder = job_dir(sweep_dir, row["job"])
-        if folder is None or not (folder / "metrics.csv").is_file():
+        metrics = next(sweep_dir.glob(f"{row['job']}_*/metrics.csv"), None)
+        if metrics is None:
             continue
-        jobs.append((job_label(row, varying), read_csv(folder / "metrics.csv"), row.get("test_accuracy")))
+        label = ",".join(o for o in row["overrides"].split(",") if o in varying) or f"job {row['job']}"
+        jobs.append((label, read_csv(metrics), row.get("test_accuracy")))
     if jobs:
         plot_compare(jobs, sweep_dir / "compare.png")
+
+
+def _varying_overrides(rows: list[dict[str, Any]]) -> set[str]:
+    seen = [set(r["overrides"].split(",")) for r in rows]
+    return set().union(*seen) - set.intersection(*seen) if len(seen) > 1 else set().union(*seen)
 
 
 class SweepSummary(Callback):
@@ -77,7 +93,9 @@ class SweepSummary(Callback):
         write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
         failed = [r["job"] for r in rows if r["status"] != "completed"]
         write_compare(sweep_dir, rows)
-        write_sweep_report_safely(sweep_dir, log)
+        from imgcls_cli.report.sweep import write_sweep_report_safely  # here: other commands need not load it
+
+        write_sweep_report_safely(sweep_dir)
         table = [[r.get(c) for c in COLUMNS] for r in rows]
         if spread := mean_std_row(rows):
             table.append(spread)

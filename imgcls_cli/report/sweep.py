@@ -1,5 +1,5 @@
 """sweep_report.html: a sweep's summary table (summary.csv) with a link to each job's report.html, and the jobs'
-curves side by side. Light on imports: the sweep callback loads it in every command's process."""
+curves side by side, each job in one colour and named by its number (as compare.png names them)."""
 from __future__ import annotations
 
 import json
@@ -15,9 +15,11 @@ from imgcls_cli.report.markup import document, duration, esc, json_script, numbe
 from imgcls_cli.report.safe import write_safely
 from imgcls_cli.report.svg import PALETTE, Series, line_chart
 from imgcls_cli.rundir import read_csv, write_text_atomic
-from imgcls_cli.sweep_table import COLUMNS, job_dir, job_label, mean_std_row, varying_overrides
 
 SWEEP_REPORT = "sweep_report.html"
+# summary.csv's columns (commands/sweep.py writes it); a sweep without one is read from its jobs' summary.json
+COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
+NUMBERS = COLUMNS[3:]
 CURVES = (("Validation accuracy", "val_accuracy", (0.0, 1.0)), ("Validation loss", "val_loss", None),
           ("Training loss", "train_loss", None))
 
@@ -45,31 +47,30 @@ def _float(value: Any) -> float:
         return math.nan
 
 
+def job_dir(sweep_dir: Path, job: str) -> Path | None:
+    """The folder of job number `job` (`<job>_<overrides>`), or None."""
+    return next((p for p in sorted(sweep_dir.iterdir()) if p.is_dir() and p.name.startswith(f"{job}_")), None)
+
+
 def _table(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    head = "".join(f'<th scope="col">{esc(c)}</th>' for c in (*COLUMNS, "report"))
+    head = "".join(f'<th scope="col"{" class=num" if c in NUMBERS else ""}>{esc(c)}</th>' for c in (*COLUMNS, "report"))
     body = []
     for row in rows:
         folder = job_dir(sweep_dir, str(row["job"]))
         report = folder / "report.html" if folder is not None else None
         link = (f'<a href="{esc(quote(folder.name))}/report.html">{esc(folder.name)}</a>'
                 if report is not None and report.is_file() else "—")
-        cells = "".join(f'<td{" class=num" if c in COLUMNS[3:] else ""}>{esc(number(row.get(c)))}</td>'
-                        for c in COLUMNS)
+        cells = "".join(f'<td{" class=num" if c in NUMBERS else ""}>{esc(number(row.get(c)))}</td>' for c in COLUMNS)
         body.append(f"<tr>{cells}<td>{link}</td></tr>")
-    table = (f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>')
-    spread = mean_std_row(rows)
-    if spread:
-        table += "<tfoot><tr>" + "".join(f"<td>{esc(c)}</td>" for c in spread) + "<td></td></tr></tfoot>"
-    return table + "</table>"
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    varying = varying_overrides(rows)
     jobs = []
     for row in rows:
         folder = job_dir(sweep_dir, str(row["job"]))
         if folder is not None and (folder / "metrics.csv").is_file():
-            jobs.append((job_label(row, varying), read_csv(folder / "metrics.csv")))
+            jobs.append((f"job {row['job']}", read_csv(folder / "metrics.csv")))
     charts = []
     for title, column, y_range in CURVES:
         series = [Series(label, [_float(r.get("epoch")) for r in epochs], [_float(r.get(column)) for r in epochs],
@@ -91,10 +92,10 @@ def sweep_page(sweep_dir: Path) -> str:
               f'<p class="note">sweep directory: {esc(sweep_dir)}</p></header>')
     curves = _curves(sweep_dir, rows)
     body = header + section("jobs", "Jobs", _table(sweep_dir, rows), "From summary.csv; click a column's header to "
-                            "sort by it, a job's folder for its own report.")
+                            "sort by it, a job's folder for its own report.html.")
     if curves:
-        body += section("curves", "Curves", curves, "Each job's metrics.csv, labelled by the overrides that differ "
-                        "between the jobs.")
+        body += section("curves", "Curves", curves, "Each job's metrics.csv, named by its number (its overrides "
+                        "are in the table above).")
     body += markup.footer("imgcls report SWEEP_DIR")
     body += json_script("report-data", {"classes": [], "cells": {}, "cap": 0, "explanations": []})
     return document(f"Sweep {sweep_dir.name} — imgcls report", STYLE, body, SCRIPT)
@@ -106,6 +107,6 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     return path
 
 
-def write_sweep_report_safely(sweep_dir: str | Path, log: logging.Logger) -> Path | None:
+def write_sweep_report_safely(sweep_dir: str | Path) -> Path | None:
     """write_sweep_report; a failure is one warning line, and the sweep's summary and exit status stay."""
-    return write_safely(lambda: write_sweep_report(sweep_dir), SWEEP_REPORT, log)
+    return write_safely(lambda: write_sweep_report(sweep_dir), SWEEP_REPORT, logging.getLogger("imgcls"))
