@@ -17,14 +17,16 @@ from reportkit import HOSTILE_CLASSES, page_data, read_predictions, ten_thousand
     write_explanations
 
 CHROMIUM = Path(os.environ.get("IMGCLS_CHROMIUM", "/usr/bin/chromium"))
+# Skipped at collection, before the shared training runs are made for nothing.
+if not CHROMIUM.is_file():
+    pytest.skip(f"no headless Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests drive Chromium with playwright: "
+                               "pip install -e '.[dev]'")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no headless Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests drive Chromium with playwright: "
-                                   "pip install -e '.[dev]'")
     with sync_api.sync_playwright() as playwright:
         # As root, Chromium runs only without its sandbox.
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
