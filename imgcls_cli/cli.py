@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": "evaluate a checkpoint: imgcls eval checkpoint=PATH [dataset=... split=test]",
     "predict": "predict image files: imgcls predict checkpoint=PATH inputs=FILE|FOLDER|GLOB",
     "export": "a checkpoint as ONNX or .pt2, verified: imgcls export checkpoint=PATH format=onnx|torch_export|all",
+    "report": "write a run's report.html again: imgcls report RUN_OR_SWEEP_DIR",
     "list": "list what a registry holds: imgcls list [models|datasets|augments|optimizers|schedules]",
 }
 USAGE = """usage: imgcls <command> [group=option ...] [key=value ...] [-m] [--cfg job] [--help]
@@ -36,6 +37,7 @@ examples:
   imgcls eval checkpoint=outputs/train/<run>/checkpoints/best.pt
   imgcls predict checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
   imgcls export checkpoint=outputs/train/<run>/checkpoints/best.pt format=onnx
+  imgcls report outputs/train/<run>              # its report.html, written again
   imgcls train --help                            # config groups, options and keys
 """
 # Config options that Hydra's launcher and sweeper plugins bring (the `cluster` extra).
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from imgcls_cli.listing import list_command
 
         return _guard(lambda: list_command(rest))
+    if command == "report":
+        from imgcls_cli.report.rebuild import report_command
+
+        return _guard(lambda: report_command(rest))
     return _run_hydra(command, rest)
 
 

@@ -109,10 +109,18 @@ def calibration_bins(
     Empty bins have accuracy and confidence 0; the reliability diagram and ECE share these numbers.
     """
     probs = _check_probs(probs, targets)
+    return confidence_bins(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(targets), num_bins)
+
+
+def confidence_bins(
+    confidence: np.ndarray, correct: np.ndarray, num_bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """calibration_bins from each sample's confidence (its max probability) and whether its prediction was right:
+    what predictions.csv holds (the HTML report draws its diagram from it)."""
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == np.asarray(targets)).astype(np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct).astype(np.float64)
     inner_edges = np.linspace(0.0, 1.0, num_bins + 1)[1:-1]
     bins = np.searchsorted(inner_edges, confidence, side="left")
     counts = np.bincount(bins, minlength=num_bins)

@@ -96,7 +96,7 @@ def test_train_run_directory_holds_exactly_the_design_files(trained_run):
         "eval/metrics.json", "eval/per_class.csv", "eval/confusion_matrix.csv", "eval/confusion_matrix.png",
         "eval/predictions.csv", "eval/classification_report.txt", "eval/confusion_matrix_normalized.csv",
         "eval/reliability.png", "eval/misclassified.png",
-        "plots/curves.png", "plots/augment_preview.png", "plots/lr.png", "splits.csv",
+        "plots/curves.png", "plots/augment_preview.png", "plots/lr.png", "splits.csv", "report.html",
     }
     assert files_under(trained_run.run_dir) == expected  # no temporary or stray files either
 

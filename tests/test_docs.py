@@ -67,6 +67,7 @@ class Check:
     expect_error: str | None = None  # the verbatim stderr line, for console examples
     shown: str = ""  # the line as the docs show it
     key: str = field(default="")
+    on_runs: bool = False  # `imgcls report <run dir>`: run on real run directories by tests/test_report_cli.py
 
     def __post_init__(self) -> None:
         self.key = self.key or f"{self.where} imgcls {shlex.join(self.argv)}"
@@ -157,6 +158,8 @@ def checks_of(block: Block) -> list[Check]:
 
 def compose_checks(where: str, argv: list[str], shown: str) -> list[Check]:
     """`--cfg job` runs for one documented command line: one per option of each swept config group."""
+    if argv[:1] == ["report"]:
+        return [Check(where, argv, shown=shown, on_runs=True)]
     if not argv or argv[0] in ("list", "-h", "--help", "help", "-V", "--version") or PRINTS_CONFIG & set(argv):
         return [Check(where, argv, shown=shown)]
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -221,7 +224,7 @@ def results(tmp_path_factory) -> dict[str, Result]:
     for name, text in example_files().items():
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(text)
-    checks = all_checks()
+    checks = [c for c in all_checks() if not c.on_runs]
     argvs = list({json.dumps(c.argv): c.argv for c in checks}.values())
     ran = run_in_one_process({json.dumps(argv): (argv, work) for argv in argvs},
                              env={**cli_env(), "COLUMNS": "200", "NO_COLOR": "1"})
@@ -236,7 +239,8 @@ def describe(check: Check, result: Result) -> str:
 CHECKS = all_checks()
 
 
-@pytest.mark.parametrize("check", [c for c in CHECKS if c.expect_error is None], ids=lambda c: c.key)
+@pytest.mark.parametrize("check", [c for c in CHECKS if c.expect_error is None and not c.on_runs],
+                         ids=lambda c: c.key)
 def test_every_documented_command_composes(check: Check, results: dict[str, Result]) -> None:
     result = results[check.key]
     assert result.returncode == 0, describe(check, result)

@@ -7,7 +7,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from imgcls_cli.commands.common import require, run_command, task_overrides
+from imgcls_cli.commands.common import command_line, require, run_command, task_overrides
 from imgcls_cli.paths import CONF_DIR
 
 
@@ -19,7 +19,7 @@ def _evaluate(cfg: dict[str, Any], run_dir: Path) -> Any:
     explicit = [o.split("=", 1)[0].lstrip("+~").removeprefix("dataset.") for o in task_overrides()
                 if o.lstrip("+~").startswith("dataset.")]
     spec = EvalSpec.parse(cfg, explicit)
-    return run_sweep_eval(spec, run_dir) if spec.sweep else run_eval(spec, run_dir)
+    return run_sweep_eval(spec, run_dir, command_line()) if spec.sweep else run_eval(spec, run_dir, command_line())
 
 
 def _check(cfg: DictConfig) -> None:

@@ -120,6 +120,9 @@ class SweepSummary(Callback):
         write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
         failed = [r["job"] for r in rows if r["status"] != "completed"]
         write_compare(sweep_dir, rows)
+        from imgcls_cli.report.sweep import write_sweep_report_safely  # here: other commands need not load it
+
+        write_sweep_report_safely(sweep_dir)
         table = [[r.get(c) for c in COLUMNS] for r in rows]
         if spread := mean_std_row(rows):
             table.append(spread)

@@ -34,6 +34,7 @@ class Scored:
     unread: Unread | None = None  # where the run's own split is scored: its images that could not be
     name: str = ""
     split: str = ""
+    dataset_config: dict[str, Any] = field(default_factory=dict)  # the dataset as scored (run_info.json records it)
 
     def keep(self, mask: np.ndarray) -> None:
         """Only the rows where mask is true."""

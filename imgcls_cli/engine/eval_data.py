@@ -114,8 +114,8 @@ def file_base(cfg: dict[str, Any], cwd: Path | None = None) -> Path | None:
     return base if base.is_absolute() else (cwd or Path.cwd()) / base
 
 
-def _training_cwd(run_dir: Path) -> Path | None:
-    """The folder the training run was started in (Hydra records it), where relative paths were relative to."""
+def recorded_cwd(run_dir: Path) -> Path | None:
+    """The folder a run was started in (Hydra records it), where its relative paths were relative to."""
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     if not hydra_yaml.is_file():
         return None
@@ -158,7 +158,7 @@ def read_run_splits(checkpoint: str | Path, trained_cfg: dict[str, Any]) -> RunS
     rows = _read_splits(path)
     header = [h.strip() for h in rows[0]]
     split_of = {row[0]: row[1] for row in rows[1:] if len(row) >= 2}
-    base = file_base(trained_cfg, _training_cwd(path.parent)) if header[0] == "path" else None
+    base = file_base(trained_cfg, recorded_cwd(path.parent)) if header[0] == "path" else None
     return RunSplits(path, header[0], split_of, base)
 
 

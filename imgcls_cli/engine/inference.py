@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from imgcls_cli.engine.device import resolve_device, resolve_precision
 from imgcls_cli.engine.ensemble import Scored, check_member, combine, leave_out_seen
 from imgcls_cli.engine.eval_data import (MISSING, RunSplits, Unread, check_splits_file, class_mapping, eval_keys,
                                          run_checkpoint, seen_keys, splits_beside, unread_of_run_split)
+from imgcls_cli.engine.eval_report import finish_eval
 from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import result_columns, write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
@@ -150,7 +152,7 @@ def score_checkpoint(checkpoint: str, spec: EvalSpec, dev: torch.device, prec: s
                   f"{name} ({spec.split}, {len(ids)} images)", data.images.numpy() if data.in_memory else None,
                   result.features, keys=eval_keys(ids, id_column, images.cfg), seen=images.seen,
                   seen_from=str(images.run.path) if images.run is not None else "", unread=unread, name=name,
-                  split=spec.split)
+                  split=spec.split, dataset_config=images.cfg)
 
 
 def _write_skipped(run_dir: Path, skipped: list[tuple[str, str]], unread: Unread | None = None,
@@ -171,13 +173,14 @@ def _report(scored: Scored, probs: np.ndarray, out_dir: Path, split: str, topk: 
                               scored.id_column, topk, extra={"split": split, **extra}, images=scored.images)
 
 
-def run_eval(spec: EvalSpec, run_dir: str | Path) -> dict[str, Any]:
+def run_eval(spec: EvalSpec, run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
     """Evaluate the spec's checkpoint (or several, and their ensemble) on its split; write the reports into
-    run_dir.
+    run_dir, then run_info.json and report.html (command: the command line as typed, which run_info.json records).
 
     Images any of the checkpoints learned from (their runs' splits.csv) are left out, where the split is not the
     run's own; metrics.json counts them (excluded_seen), and the run's images that could not be read
     (missing_files)."""
+    started = time.perf_counter()
     run_dir = Path(run_dir)
     dev = resolve_device(spec.device)
     prec = resolve_precision(spec.precision, dev)
@@ -195,8 +198,11 @@ def run_eval(spec: EvalSpec, run_dir: str | Path) -> dict[str, Any]:
         rows += [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "num_samples"]
         rows += [(k, v) for k, v in trust.items() if v]
         out.show(out.table("Evaluation", ["metric", "value"], rows))
-        return {**metrics, **trust}
-    return _report_ensemble(members, spec, run_dir, trust)
+        result = {**metrics, **trust}
+    else:
+        result = _report_ensemble(members, spec, run_dir, trust)
+    finish_eval(run_dir, spec, members, dev, prec, started, command)  # last: the report shows every file before it
+    return result
 
 
 def _report_ensemble(members: list[Scored], spec: EvalSpec, run_dir: Path, trust: dict[str, int]) -> dict[str, Any]:
@@ -228,7 +234,7 @@ def write_features(run_dir: Path, scored: Scored) -> None:
              f"{run_dir / 'features.npy'}, labels in labels.npy")
 
 
-def run_sweep_eval(spec: EvalSpec, run_dir: str | Path) -> list[dict[str, Any]]:
+def run_sweep_eval(spec: EvalSpec, run_dir: str | Path, command: str | None = None) -> list[dict[str, Any]]:
     """Every job's best checkpoint of the spec's sweep folder on its test split: a leaderboard, best first."""
     import yaml
 
@@ -240,7 +246,7 @@ def run_sweep_eval(spec: EvalSpec, run_dir: str | Path) -> list[dict[str, Any]]:
     board = []
     for best in jobs:
         job = best.parent.parent
-        metrics = run_eval(replace(spec, checkpoints=(str(best),)), run_dir / job.name)
+        metrics = run_eval(replace(spec, checkpoints=(str(best),)), run_dir / job.name, command)
         overrides = job / ".hydra" / "overrides.yaml"
         board.append({"job": job.name.split("_", 1)[0],
                       "overrides": ",".join(yaml.safe_load(overrides.read_text()) or []) if overrides.is_file()

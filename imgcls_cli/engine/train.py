@@ -27,6 +27,8 @@ from imgcls_cli.engine.resume import ResumeRefused
 from imgcls_cli.engine.run import Interrupted, Run
 from imgcls_cli.errors import DivergedError
 from imgcls_cli.plots import plot_curves
+from imgcls_cli.report.page import write_report_safely
+from imgcls_cli.report.thumbs import split_images
 from imgcls_cli.specs.train import TrainSpec
 
 log = logging.getLogger("imgcls")
@@ -56,7 +58,7 @@ def run_training(spec: TrainSpec, run_dir: str | Path, *, init: dict[str, Any] |
     try:
         _fit(run, spec, init if init is not None or not spec.init else load_checkpoint(spec.init))
     except Interrupted as exc:
-        run.write_summary("interrupted", error=str(exc))
+        _end(run, "interrupted", error=str(exc))
         if run.main:
             print(f"interrupted: {exc}; last.pt is saved. Continue with: imgcls train resume={run.run_dir}",
                   file=sys.stderr)
@@ -65,12 +67,12 @@ def run_training(spec: TrainSpec, run_dir: str | Path, *, init: dict[str, Any] |
         run.write_summary("interrupted")
         raise
     except DivergedError as exc:
-        run.write_summary("diverged", error=str(exc))
+        _end(run, "diverged", error=str(exc))
         raise
     except ResumeRefused:  # the run to continue is left as it was
         raise
     except BaseException as exc:
-        run.write_summary("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        _end(run, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -78,6 +80,13 @@ def run_training(spec: TrainSpec, run_dir: str | Path, *, init: dict[str, Any] |
                 signal.signal(sig, handler)
         run.ctx.close()
     return run.summary
+
+
+def _end(run: Run, status: str, **extra: Any) -> None:
+    """A run that stopped before its end: summary.json says how, and report.html shows what it got to."""
+    run.write_summary(status, **extra)
+    if run.main:
+        write_report_safely(run.run_dir, None, log, "Thumbnails: none, the run stopped before its test evaluation.")
 
 
 def _fit(run: Run, spec: TrainSpec, init: dict[str, Any] | None) -> None:
@@ -104,6 +113,7 @@ def finish(run: Run, t: Training) -> None:
         write_skipped_files(run.run_dir, sorted(found.items()), log)
     run.write_summary("completed")
     _results_table(run, t.model_name, t.bundle.name, test_metrics, t.spec.topk)
+    write_report_safely(run.run_dir, split_images(t.bundle.splits["test"]), log)
 
 
 def evaluate_best(model: Any, run_dir: Path, loader: DeviceLoader, bundle: DatasetBundle, amp: Any,
