@@ -221,3 +221,18 @@ def test_curves_mark_the_best_epoch_and_leave_gaps_where_validation_did_not_run(
     assert "No test evaluation in this run" in text  # no eval/ folder yet
     # val loss and val accuracy: two lines each, around epoch 2 (no value)
     assert text.count('<polyline fill="none" stroke="#ff7f0e"') == 4
+
+
+def test_the_calibration_chart_draws_accuracy_and_confidence_as_different_marks():
+    from imgcls_cli.report.svg import reliability_diagram
+
+    chart = reliability_diagram([0, 4, 6], [0.0, 0.5, 0.9], [0.0, 0.3, 0.95], 0.1)
+    # one bar (accuracy) and one diamond (mean confidence) per non-empty bin, plus one of each in the legend
+    assert chart.count('class="bar"') == 2 + 1 and chart.count('class="confidence"') == 2 + 1
+    assert "accuracy in the bin" in chart and "mean confidence" in chart
+
+
+def test_small_axis_ticks_are_short_enough_to_clear_the_axis_title():
+    from imgcls_cli.report.svg import _label
+
+    assert [_label(v) for v in (0.00075, 0.001, 0.5, 12)] == ["7.5e-4", "1e-3", "0.5", "12"]

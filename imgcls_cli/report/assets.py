@@ -36,7 +36,8 @@ svg .grid { stroke: #eceef2; } svg .frame { fill: none; stroke: #aab1bd; }
 svg .tick, svg .legend { font-size: 11px; fill: var(--muted); } svg .axis { font-size: 12px; fill: var(--fg); }
 svg .title { font-size: 13px; font-weight: 600; fill: var(--fg); }
 svg .mark { stroke: #6e7781; stroke-dasharray: 4 3; } svg .mark-label { font-size: 11px; fill: #6e7781; }
-svg .bar { fill: #4c8bf5; } svg .gap { fill: rgba(207, 34, 46, .25); stroke: rgba(207, 34, 46, .6); }
+svg .bar { fill: #4c8bf5; fill-opacity: .75; } svg .gap { stroke: #cf222e; stroke-width: 2; }
+svg .confidence { fill: #f0883e; stroke: #1f2328; stroke-width: 1; }
 svg .diagonal { stroke: #6e7781; stroke-dasharray: 5 4; }
 .cm-wrap { overflow: auto; max-width: 100%; }
 table.cm td, table.cm th { padding: 2px 5px; font-size: 12px; }

@@ -117,8 +117,9 @@ def calibration(ev: Evaluation) -> str:
     ece = ev.metrics.get("ece")
     chart = reliability_diagram(counts.tolist(), accuracy.tolist(), confidence.tolist(),
                                 float(ece) if isinstance(ece, (int, float)) else None)
-    return section("calibration", "Calibration", chart, "Accuracy of the predictions in each confidence bin "
-                   "(15 bins); a bar under the diagonal is over-confidence. Hover a bar for its count.")
+    return section("calibration", "Calibration", chart, "Bars: the accuracy of the predictions in each confidence bin "
+                   "(15 bins); diamonds: their mean confidence, joined to the bar by the gap. A bar under its diamond "
+                   "is over-confidence. Hover a bar for its count.")
 
 
 def _cell(t: int, p: int, count: int, share: float, tip: str) -> str:

@@ -36,7 +36,12 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 def _label(value: float) -> str:
-    return f"{value:.4g}"
+    """A tick's text, at most about 6 characters (0.00075 is 7.5e-4), so that it clears the axis title."""
+    text = f"{value:.4g}"
+    if 0 < abs(value) < 0.01:
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa.replace('.0', '')}e{int(exponent)}"
+    return text
 
 
 class _Frame:
@@ -104,7 +109,7 @@ def _series(frame: _Frame, s: Series) -> str:
     points = [p for run in runs for p in run]
     if len(points) <= MAX_MARKERS:
         parts += [f'<circle cx="{frame.px(x):.1f}" cy="{frame.py(y):.1f}" r="2.6" fill="{s.color}">'
-                  f"<title>{esc(s.label)}: {_label(y)} (epoch {_label(x)})</title></circle>" for x, y in points]
+                  f"<title>{esc(s.label)}: {y:.4g} (epoch {_label(x)})</title></circle>" for x, y in points]
     return "".join(parts)
 
 
@@ -134,7 +139,8 @@ def line_chart(title: str, series: Sequence[Series], *, x_label: str = "epoch", 
 
 def reliability_diagram(counts: Sequence[int], accuracy: Sequence[float], confidence: Sequence[float],
                         ece: float | None) -> str:
-    """Accuracy per confidence bin against the diagonal (bars under it: over-confidence), bin counts as tooltips."""
+    """Accuracy per confidence bin as bars and the bin's mean confidence as a marker joined to the bar's top by the
+    gap, against the diagonal (a bar under its marker: over-confidence); bin counts as tooltips."""
     bins = len(counts)
     frame = _Frame((0.0, 1.0), (0.0, 1.0))
     title = "Reliability" + (f" (ECE {ece:.4f})" if ece is not None else "")
@@ -146,13 +152,23 @@ def reliability_diagram(counts: Sequence[int], accuracy: Sequence[float], confid
         if not n:
             continue
         x0, x1 = frame.px(i / bins), frame.px((i + 1) / bins)
-        tip = (f"confidence {i / bins:.2f}–{(i + 1) / bins:.2f}: {n} images ({100 * n / total:.1f}%), accuracy "
-               f"{acc:.3f}, mean confidence {conf:.3f}")
-        parts.append(f'<rect class="bar" x="{x0:.1f}" y="{frame.py(acc):.1f}" width="{x1 - x0:.1f}" '
-                     f'height="{frame.py(0) - frame.py(acc):.1f}"><title>{esc(tip)}</title></rect>')
-        low, high = sorted((acc, conf))
-        parts.append(f'<rect class="gap" x="{x0:.1f}" y="{frame.py(high):.1f}" width="{x1 - x0:.1f}" '
-                     f'height="{frame.py(low) - frame.py(high):.1f}"><title>{esc(tip)}</title></rect>')
+        tip = esc(f"confidence {i / bins:.2f}–{(i + 1) / bins:.2f}: {n} images ({100 * n / total:.1f}%), accuracy "
+                  f"{acc:.3f}, mean confidence {conf:.3f}")
+        mid, y_acc, y_conf = (x0 + x1) / 2, frame.py(acc), frame.py(conf)
+        parts.append(f'<rect class="bar" x="{x0 + 1:.1f}" y="{y_acc:.1f}" width="{max(x1 - x0 - 2, 1):.1f}" '
+                     f'height="{frame.py(0) - y_acc:.1f}"><title>{tip}</title></rect>'
+                     f'<line class="gap" x1="{mid:.1f}" x2="{mid:.1f}" y1="{y_acc:.1f}" y2="{y_conf:.1f}"/>'
+                     f'<path class="confidence" d="M{mid:.1f} {y_conf - 4:.1f} l4 4 l-4 4 l-4 -4 z">'
+                     f"<title>{tip}</title></path>")
     parts.append(f'<line class="diagonal" x1="{frame.px(0)}" y1="{frame.py(0)}" x2="{frame.px(1)}" '
-                 f'y2="{frame.py(1)}"/></svg>')
+                 f'y2="{frame.py(1)}"/>')
+    legend = [("bar", "accuracy in the bin"), ("confidence", "mean confidence"), ("gap", "gap (ECE: its mean)")]
+    x = LEFT
+    for kind, text in legend:
+        mark = (f'<rect class="bar" x="{x}" y="28" width="10" height="9"/>' if kind == "bar" else
+                f'<path class="confidence" d="M{x + 5} 28 l4 4 l-4 4 l-4 -4 z"/>' if kind == "confidence" else
+                f'<line class="gap" x1="{x + 5}" x2="{x + 5}" y1="27" y2="38"/>')
+        parts.append(f'{mark}<text class="legend" x="{x + 14}" y="37">{text}</text>')
+        x += 24 + 6 * len(text)
+    parts.append("</svg>")
     return "".join(parts)
