@@ -20,5 +20,5 @@ def _explain(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="explain")
 def main(cfg: DictConfig) -> None:
-    usage = "imgcls explain checkpoint=PATH inputs=FILE|FOLDER|GLOB|@list [target=predicted|true|CLASS] [method=gradcam]"
+    usage = "imgcls explain checkpoint=PATH inputs=FILE|FOLDER|GLOB|@list [target=predicted|true|CLASS] [method=...]"
     run_command(cfg, _explain, check=lambda c: require(c, "checkpoint", "inputs", usage=usage))

@@ -171,7 +171,7 @@ def run_status(run_dir: Path) -> str | None:
 
 def previous_run(run_dir: Path) -> str | None:
     """What shows that run_dir holds a run that ended (None when nothing does): a final summary.json status,
-    checkpoints, or an eval's or predict's results."""
+    checkpoints, or the results of an eval, predict, export or explain run."""
     status = run_status(run_dir)
     if status not in (None, "running"):
         return f"summary.json: {status}"

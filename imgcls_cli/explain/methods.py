@@ -45,9 +45,12 @@ def needs_layer(method: str) -> bool:
 
 def unit(maps: torch.Tensor) -> np.ndarray:
     """(N, H, W) maps -> float32 numpy, each divided by its maximum (a map with nothing above 0 stays 0)."""
+    import torch
+
     maps = maps.detach().float().clamp(min=0)
-    peak = maps.flatten(1).max(1).values.clamp(min=1e-12).view(-1, 1, 1)
-    return (maps / peak).cpu().numpy()
+    peak = maps.flatten(1).max(1).values.view(-1, 1, 1)
+    scaled = maps / peak.clamp(min=float(torch.finfo(torch.float32).tiny))
+    return torch.where(peak > 0, scaled, torch.zeros_like(scaled)).clamp(max=1).cpu().numpy()
 
 
 @METHODS.register("gradcam")

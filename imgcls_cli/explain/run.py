@@ -63,9 +63,8 @@ def _rows_of(batch: list[int], result: Explained, classes: list[str], names: lis
                                "explained_probability": round(float(p[int(result.classes[j])]), 6),
                                "label": classes[order[0]], "probability": round(float(p[order[0]]), 6),
                                "overlay": names[j], "error": ""}
-        for k in (2, 3):
-            if len(order) >= k:
-                row[f"top{k}_label"], row[f"top{k}_probability"] = classes[order[k - 1]], round(float(p[order[k - 1]]), 6)
+        for k in range(2, min(3, len(order)) + 1):
+            row[f"top{k}_label"], row[f"top{k}_probability"] = classes[order[k - 1]], round(float(p[order[k - 1]]), 6)
         rows.append(row)
     return rows
 
@@ -132,7 +131,8 @@ def run_explain(spec: ExplainSpec, run_dir: str | Path) -> dict[str, Any]:
 def _show(rows: list[dict[str, Any]], ok: int, method: str, seconds: float, run_dir: Path, limit: int = 20) -> None:
     shown_rows = [(r["path"], r.get("explained", ""), r.get("label", ""), r.get("probability", ""), r["error"])
                   for r in rows[:limit]]
-    title = f"Explanations ({method}, {ok} of {len(rows)} images{f', first {limit} shown' if len(rows) > limit else ''})"
+    first = f", first {limit} shown" if len(rows) > limit else ""
+    title = f"Explanations ({method}, {ok} of {len(rows)} images{first})"
     out.show(out.table(title, ["path", "explained", "label", "probability", "error"], shown_rows))
     capped = f" (mosaic.png shows the first {MOSAIC_LIMIT})" if ok > MOSAIC_LIMIT else ""
     log.info(f"{ok} images explained with {method}, {len(rows) - ok} failed, in {seconds:.1f} s; wrote "
