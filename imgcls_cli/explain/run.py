@@ -82,7 +82,7 @@ def _explain_batch(explainer: Explainer, files: ImageFiles, batch: list[int], wa
         return
     indices = [i for i, _ in good]
     images = torch.stack([x for _, x in good])
-    chosen = None if wanted == "predicted" else np.array([truth[i] if truth else wanted for i in indices])
+    chosen = None if wanted == "predicted" else np.array([truth[i] if truth is not None else wanted for i in indices])
     result = explainer(images, chosen)
     classes = explainer.classes
     width = len(str(len(files) - 1))

@@ -90,9 +90,7 @@ class EvalSpec:
         if features and len(paths) > 1:
             raise UserError(f"features=true writes one model's embeddings; checkpoint= names {len(paths)} files.")
         explain = as_int(cfg.get("explain", 0), "explain", minimum=0, maximum=MAX_EXPLAIN)
-        method = cfg.get("explain_method", "gradcam")
-        if explain:
-            method = check_method(method)
+        method = check_method(cfg.get("explain_method", "gradcam"))
         return cls(paths, str(sweep) if sweep else None, cfg.get("dataset"), tuple(dataset_keys), split,
                    str(cfg.get("device", "auto")), str(cfg.get("precision", "auto")), batch_size, topk,
-                   resolve_workers(cfg.get("num_workers", "auto")), tta, ensemble, features, explain, str(method))
+                   resolve_workers(cfg.get("num_workers", "auto")), tta, ensemble, features, explain, method)
