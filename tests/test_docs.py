@@ -349,7 +349,7 @@ def test_the_docs_show_enough_commands_and_errors_to_be_worth_checking() -> None
     errors = [c for c in CHECKS if c.expect_error is not None]
     assert len(compose) >= 60 and 8 <= len(errors) <= 24, (len(compose), len(errors))
     commands = {c.argv[0] for c in compose if c.argv}
-    assert {"train", "eval", "predict", "export", "list"} <= commands
+    assert {"train", "eval", "predict", "export", "explain", "list"} <= commands
 
 
 # ----------------------------------------------------------------------------------- the configuration page
@@ -391,7 +391,7 @@ def test_the_configuration_reference_names_every_option_and_key_of_conf() -> Non
             for key in _leaf_keys(config):
                 if f"{prefix}{key}" not in named:
                     missing.append(f"{group}={option.stem}: {prefix}{key}")
-    for command in ("train", "eval", "predict", "export"):
+    for command in ("train", "eval", "predict", "export", "explain"):
         config = yaml.safe_load((CONF / f"{command}.yaml").read_text())
         named = _documented(sections[f"imgcls {command} keys"])
         leaves = _leaf_keys({k: v for k, v in config.items() if k not in ("defaults", "hydra")})
@@ -487,7 +487,7 @@ def _same(shown: str, value: object) -> bool:
 def test_the_defaults_the_configuration_reference_shows_are_those_of_conf() -> None:
     sections = _sections((DOCS / "configuration.md").read_text())
     wrong = []
-    for command in ("train", "eval", "predict", "export"):
+    for command in ("train", "eval", "predict", "export", "explain"):
         config = yaml.safe_load((CONF / f"{command}.yaml").read_text())
         for key, shown in re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", sections[f"imgcls {command} keys"], re.M):
             if not _same(shown, _value(config, key)):

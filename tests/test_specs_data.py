@@ -95,7 +95,7 @@ def test_statistics_are_checked_against_the_channels_found():
 def test_builder_keys_reach_only_the_builders_given_them():
     assert DatasetSpec.from_config(DIGITS).builder_options() == {}
     synthetic = DatasetSpec.from_config(option("dataset", "synthetic"))
-    assert synthetic.builder_options() == {"num_samples": 2000, "num_classes": 5}
+    assert synthetic.builder_options() == {"num_samples": 2000, "num_classes": 5, "pattern": "textures"}
 
 
 def test_a_model_spec_builds_the_model_its_plain_form_builds():

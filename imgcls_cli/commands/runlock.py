@@ -33,8 +33,8 @@ T = TypeVar("T")
 
 LOCK_NAME = ".imgcls.lock"
 STALE_TMP = re.compile(r"^\..+\.\d+\.tmp$")  # write_text_atomic's and save_checkpoint's temporary files
-# What an eval, predict or export run leaves.
-RESULTS = ("metrics.json", "predictions.csv", "leaderboard.csv", "export.json")
+# What an eval, predict, export or explain run leaves.
+RESULTS = ("metrics.json", "predictions.csv", "leaderboard.csv", "export.json", "explanations.csv")
 SWEEP_RESULTS = ("summary.csv", "multirun.yaml", "optimization_results.yaml")
 PRINT_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
 
@@ -171,7 +171,7 @@ def run_status(run_dir: Path) -> str | None:
 
 def previous_run(run_dir: Path) -> str | None:
     """What shows that run_dir holds a run that ended (None when nothing does): a final summary.json status,
-    checkpoints, or an eval's or predict's results."""
+    checkpoints, or the results of an eval, predict, export or explain run."""
     status = run_status(run_dir)
     if status not in (None, "running"):
         return f"summary.json: {status}"

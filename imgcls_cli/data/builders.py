@@ -60,16 +60,18 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("synthetic")
 def synthetic(*, image_size: int, channels: int, seed: int, num_samples: int = 2000, num_classes: int = 5,
-              **_: Any) -> Source:
-    """Generated stripe, ring and noise patterns: a dataset that needs no files."""
-    from imgcls_cli.data.synthetic import CLASS_NAMES, make_synthetic
+              pattern: str = "textures", **_: Any) -> Source:
+    """Generated stripe, ring and noise patterns (or a class-giving patch on noise): a dataset that needs no files."""
+    from imgcls_cli.data.synthetic import PATTERNS
 
-    if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise UserError(f"dataset.num_classes must be between 2 and {len(CLASS_NAMES)} for synthetic, not {num_classes}.")
+    generate = PATTERNS.get(pattern)
+    names = generate.classes
+    if not 2 <= num_classes <= len(names):
+        raise UserError(f"dataset.num_classes must be between 2 and {len(names)} for synthetic, not {num_classes}.")
     if num_samples < 10 * num_classes:
         raise UserError(f"dataset.num_samples must be at least 10 per class ({10 * num_classes}), not {num_samples}.")
-    images, labels = make_synthetic(num_samples, num_classes, image_size, channels, seed)
-    return Source(images, labels, list(CLASS_NAMES[:num_classes]))
+    images, labels = generate(num_samples, num_classes, image_size, channels, seed)
+    return Source(images, labels, list(names[:num_classes]))
 
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

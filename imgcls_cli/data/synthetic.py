@@ -1,10 +1,14 @@
-"""The built-in synthetic dataset: oriented stripes, rings, checkerboards and noise, generated with numpy."""
+"""The built-in synthetic dataset, generated with numpy: oriented stripes, rings, checkerboards and noise
+(dataset.pattern=textures, the default), or a class-giving patch on noise (pattern=patch, data/patches.py)."""
 from __future__ import annotations
 
 from functools import partial
 from typing import Callable
 
 import numpy as np
+
+from imgcls_cli.data.patches import PATCH_CLASSES, make_patches
+from imgcls_cli.registry import Registry
 
 CLASS_NAMES: tuple[str, ...] = (
     "horizontal",
@@ -130,3 +134,24 @@ def _render(patterns: np.ndarray, channels: int, rng: np.random.Generator) -> np
         values *= _uniform(rng, 0.8, 1.2, (count, 3, 1, 1))
     np.clip(values, 0.0, 255.0, out=values)
     return np.rint(values, out=values).astype(np.uint8)
+
+
+# dataset.pattern -> the generator of (images, labels); each states its class names as `.classes`.
+PATTERNS: Registry = Registry("synthetic pattern")
+
+
+@PATTERNS.register("textures")
+def textures(num_samples: int, num_classes: int, image_size: int, channels: int,
+             seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return make_synthetic(num_samples, num_classes, image_size, channels, seed)
+
+
+@PATTERNS.register("patch")
+def patch(num_samples: int, num_classes: int, image_size: int, channels: int,
+          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels, _ = make_patches(num_samples, num_classes, image_size, channels, seed)
+    return images, labels
+
+
+textures.classes = CLASS_NAMES
+patch.classes = PATCH_CLASSES

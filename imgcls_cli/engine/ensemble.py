@@ -35,6 +35,8 @@ class Scored:
     name: str = ""
     split: str = ""
     dataset_config: dict[str, Any] = field(default_factory=dict)  # the dataset as scored (run_info.json records it)
+    store: Any = None  # the split's data.Store when it streams (images is then None): pixels() reads it
+    store_rows: np.ndarray | None = None  # the store position of each row
 
     def keep(self, mask: np.ndarray) -> None:
         """Only the rows where mask is true."""
@@ -42,8 +44,18 @@ class Scored:
         self.ids = [i for i, m in zip(self.ids, mask) if m]
         self.keys = [k for k, m in zip(self.keys or [], mask) if m]
         self.images = self.images[mask] if self.images is not None else None
+        self.store_rows = self.store_rows[mask] if self.store_rows is not None else None
         self.features = self.features[mask] if self.features is not None else None
         self.dataset = f"{self.name} ({self.split}, {len(self.probs)} images)"
+
+    def pixels(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (len(rows), C, H, W) images of these rows, at the checkpoint's input, and whether each was read
+        (a streamed file may have become unreadable since it was scored)."""
+        if self.images is not None:
+            return np.asarray(self.images)[rows], np.ones(len(rows), bool)
+        if self.store is None or self.store_rows is None:
+            raise ValueError("no images kept for these rows")
+        return self.store.load(self.store_rows[rows])
 
 
 def check_member(checkpoint: str, ckpt: dict[str, Any], first: Scored) -> None:

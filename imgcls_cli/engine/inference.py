@@ -24,6 +24,7 @@ from imgcls_cli.engine.eval_report import finish_eval
 from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import result_columns, write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
+from imgcls_cli.explain.evaluate import check_explain, write_eval_explanations
 from imgcls_cli.export.runtime import ExportedModel, load_for_inference
 from imgcls_cli.export.runtime import model_from_checkpoint  # noqa: F401  (distill's and the tests' import path)
 from imgcls_cli.models.heads import head_name
@@ -148,11 +149,15 @@ def score_checkpoint(checkpoint: str, spec: EvalSpec, dev: torch.device, prec: s
         raise UserError(f"none of the {len(data)} {spec.split} images of dataset '{name}' could be read: listed in "
                         f"{run_dir / 'skipped_files.txt'}.")
     ids, id_column = read_ids(loader, data.ids), images.bundle.id_column
+    store_rows = None if data.in_memory else np.array(
+        [p for p in range(len(data)) if not isinstance(loader, StreamLoader) or loader.store.name(p) not in
+         loader.skipped], dtype=np.int64)
     return Scored(str(checkpoint), ckpt, probs.numpy(), result.targets.numpy(), ids, id_column,
                   f"{name} ({spec.split}, {len(ids)} images)", data.images.numpy() if data.in_memory else None,
                   result.features, keys=eval_keys(ids, id_column, images.cfg), seen=images.seen,
                   seen_from=str(images.run.path) if images.run is not None else "", unread=unread, name=name,
-                  split=spec.split, dataset_config=images.cfg)
+                  split=spec.split, dataset_config=images.cfg,
+                  store=None if data.in_memory else data.images, store_rows=store_rows)
 
 
 def _write_skipped(run_dir: Path, skipped: list[tuple[str, str]], unread: Unread | None = None,
@@ -182,6 +187,7 @@ def run_eval(spec: EvalSpec, run_dir: str | Path, command: str | None = None) ->
     (missing_files)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
+    check_explain(spec.explain, spec.checkpoints)
     dev = resolve_device(spec.device)
     prec = resolve_precision(spec.precision, dev)
     first = score_checkpoint(spec.checkpoints[0], spec, dev, prec, run_dir)
@@ -197,6 +203,9 @@ def run_eval(spec: EvalSpec, run_dir: str | Path, command: str | None = None) ->
             rows.append(("features.npy", f"{first.features.shape[0]} x {first.features.shape[1]}"))
         rows += [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "num_samples"]
         rows += [(k, v) for k, v in trust.items() if v]
+        if spec.explain:
+            explained = write_eval_explanations(first, spec.explain, spec.explain_method, dev, run_dir / "explain")
+            rows += [(f"explain/ {k}", v) for k, v in explained.items()]
         out.show(out.table("Evaluation", ["metric", "value"], rows))
         result = {**metrics, **trust}
     else:

@@ -6,9 +6,9 @@ from imgcls_cli.models import (  # noqa: F401  (importing the family modules reg
     alexnet, densenet, efficientnet, lenet, resnet, resnet9, simple_cnn, torchvision_models, vgg,
 )
 from imgcls_cli.models._api import (
-    MAX_PARAMETERS, MODELS, create_model, input_size, list_models, normalization,
+    MAX_PARAMETERS, MODELS, cam_layer, create_model, input_size, list_models, normalization,
 )
 from imgcls_cli.specs.model import KWARG_CHECKS, MAX_WIDTH, ModelSpec, check_kwargs
 
-__all__ = ["KWARG_CHECKS", "MAX_PARAMETERS", "MAX_WIDTH", "MODELS", "ModelSpec", "check_kwargs", "create_model",
-           "input_size", "list_models", "normalization"]
+__all__ = ["KWARG_CHECKS", "MAX_PARAMETERS", "MAX_WIDTH", "MODELS", "ModelSpec", "cam_layer", "check_kwargs",
+           "create_model", "input_size", "list_models", "normalization"]

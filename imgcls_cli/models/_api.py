@@ -109,3 +109,15 @@ def normalization(spec: ModelSpec | str,
     name, kwargs = _named(spec, kwargs)
     fn = getattr(MODELS.get(name), "normalization", None)
     return fn(**kwargs) if fn is not None else None
+
+
+def cam_layer(spec: ModelSpec | str, kwargs: dict[str, Any] | None = None) -> str | None:
+    """The module path of the model's last spatial feature map, the layer Grad-CAM explains; None when the model
+    declares none.
+
+    A builder states it with an attribute: `builder.cam_layer = "features"`, or a function of the model kwargs that
+    returns the path (torchvision's models: by architecture family).
+    """
+    name, kwargs = _named(spec, kwargs)
+    layer = getattr(MODELS.get(name), "cam_layer", None)
+    return layer(**kwargs) if callable(layer) else layer

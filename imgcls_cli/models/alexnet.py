@@ -95,3 +95,7 @@ class AlexNet(nn.Module):
 @MODELS.register("alexnet")
 def alexnet(*, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> AlexNet:
     return AlexNet(num_classes, in_channels, image_size, **kwargs)
+
+
+# The last spatial feature map (what Grad-CAM explains: imgcls_cli.models.cam_layer reads it).
+alexnet.cam_layer = "features"

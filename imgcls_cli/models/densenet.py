@@ -142,3 +142,8 @@ def densenet121(*, num_classes: int, in_channels: int = 3, image_size: int = 32,
 def densenet_bc_100(*, num_classes: int, in_channels: int = 3, image_size: int = 32, growth_rate: int = 12,
                     **kwargs) -> DenseNet:
     return _densenet((16, 16, 16), growth_rate, num_classes, in_channels, image_size, **kwargs)
+
+
+# The last spatial feature map (what Grad-CAM explains: imgcls_cli.models.cam_layer reads it).
+for _builder in (densenet121, densenet_bc_100):
+    _builder.cam_layer = "features"

@@ -239,3 +239,8 @@ efficientnet_b0.input_size = lambda **_: PRESETS["efficientnet_b0"].resolution
 efficientnet_b1.input_size = lambda **_: PRESETS["efficientnet_b1"].resolution
 efficientnet_b2.input_size = lambda **_: PRESETS["efficientnet_b2"].resolution
 efficientnet_b3.input_size = lambda **_: PRESETS["efficientnet_b3"].resolution
+
+
+# The last spatial feature map: the 1x1 head conv before the pool (what Grad-CAM explains: models.cam_layer reads it).
+for _builder in (efficientnet, efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3):
+    _builder.cam_layer = "head"

@@ -68,3 +68,7 @@ class LeNet5(nn.Module):
 @MODELS.register("lenet5")
 def lenet5(*, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> LeNet5:
     return LeNet5(num_classes, in_channels, image_size, **kwargs)
+
+
+# The last spatial feature map (what Grad-CAM explains: imgcls_cli.models.cam_layer reads it).
+lenet5.cam_layer = "features"

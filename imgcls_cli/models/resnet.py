@@ -166,3 +166,8 @@ def resnet50(**kwargs) -> ResNet:
 @MODELS.register("resnet101")
 def resnet101(**kwargs) -> ResNet:
     return _resnet(101, **kwargs)
+
+
+# The last spatial feature map (what Grad-CAM explains: imgcls_cli.models.cam_layer reads it).
+for _builder in (resnet, resnet18, resnet34, resnet50, resnet101):
+    _builder.cam_layer = "stages"

@@ -60,3 +60,7 @@ def resnet9(*, num_classes: int, in_channels: int = 3, image_size: int = 32,
     if image_size < 8:
         raise UserError(f"resnet9 pools three times: dataset.image_size must be at least 8, not {image_size}.")
     return ResNet9(num_classes, in_channels, widths, float(head_scale))
+
+
+# The last spatial feature map, before the global max-pool (what Grad-CAM explains: models.cam_layer reads it).
+resnet9.cam_layer = "features.5"

@@ -59,3 +59,7 @@ class SimpleCNN(nn.Module):
 @MODELS.register("simple_cnn")
 def simple_cnn(*, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> SimpleCNN:
     return SimpleCNN(num_classes, in_channels, image_size, **kwargs)
+
+
+# The last spatial feature map (what Grad-CAM explains: imgcls_cli.models.cam_layer reads it).
+simple_cnn.cam_layer = "features"

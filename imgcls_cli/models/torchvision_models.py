@@ -32,6 +32,14 @@ if TYPE_CHECKING:  # torchvision is imported where it is used: it costs ~1.5 s, 
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads")  # where torchvision's classifiers keep their head
 AUX_ARCHES = ("googlenet", "inception_v3")  # auxiliary heads: in training mode these return a tuple
+# The last spatial feature map of each torchvision family (an arch name starts with its family), the layer
+# Grad-CAM explains. Families whose maps are not (batch, channels, height, width) (vit, swin, maxvit) are not here.
+CAM_LAYERS = {
+    "alexnet": "features", "convnext": "features", "densenet": "features", "efficientnet": "features",
+    "googlenet": "inception5b", "inception": "Mixed_7c", "mnasnet": "layers", "mobilenet": "features",
+    "regnet": "trunk_output", "resnet": "layer4", "resnext": "layer4", "shufflenet": "conv5",
+    "squeezenet": "features", "vgg": "features", "wide_resnet": "layer4",
+}
 # Below this size (px) one zero image goes through the model at build time, cheap there, to catch the arches
 # that shrink a small image to nothing (alexnet, inception_v3) or take one fixed size (vit).
 DRY_RUN_BELOW = 64
@@ -250,6 +258,18 @@ def _normalization(*, arch: str = "resnet18", weights: str | None = None,
     return list(transforms.mean), list(transforms.std)
 
 
+def cam_layer(*, arch: str = "resnet18", **_: Any) -> str:
+    """The module path of the arch's last spatial feature map (CAM_LAYERS, by the longest family name it starts
+    with); a family not in the table is a one-line error."""
+    family = max((f for f in CAM_LAYERS if arch.startswith(f)), key=len, default=None)
+    if family is None:
+        raise UserError(f"model.arch={arch}: imgcls does not know which layer of this torchvision model holds its last "
+                        f"spatial feature map (it knows the families {', '.join(sorted(CAM_LAYERS))}); "
+                        "method=occlusion explains any model.")
+    return CAM_LAYERS[family]
+
+
 tv.input_size = _input_size
 tv.normalization = _normalization
 tv.for_checkpoint = _for_checkpoint
+tv.cam_layer = cam_layer

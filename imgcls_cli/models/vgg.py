@@ -108,3 +108,8 @@ def vgg16(*, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwa
 @MODELS.register("vgg19")
 def vgg19(*, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> VGG:
     return _vgg("E", num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+# The last spatial feature map (what Grad-CAM explains: imgcls_cli.models.cam_layer reads it).
+for _builder in (vgg11, vgg13, vgg16, vgg19):
+    _builder.cam_layer = "features"

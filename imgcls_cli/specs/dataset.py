@@ -16,7 +16,8 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
 BAD_FILE_CHOICES = ("skip", "error")
 IN_MEMORY_CHOICES = ("auto", "true", "false")
 # Keys that only some builders read; each is passed to the builder where it was given.
-BUILDER_KEYS = ("root", "download", "file", "on_bad_file", "num_samples", "num_classes", "angle", "noise_std")
+BUILDER_KEYS = ("root", "download", "file", "on_bad_file", "num_samples", "num_classes", "pattern", "angle",
+                "noise_std")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class DatasetSpec:
     on_bad_file: str | None = None  # skip | error (image files)
     num_samples: int | None = None  # synthetic
     num_classes: int | None = None  # synthetic
+    pattern: str | None = None  # synthetic: textures | patch
     angle: float | None = None  # fashion_mnist_rotated
     noise_std: float | None = None  # fashion_mnist_noisy
 
@@ -192,6 +194,8 @@ def _builder_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("num_samples", "num_classes"):
         if cfg.get(key) is not None:
             keys[key] = as_int(cfg[key], f"dataset.{key}")
+    if cfg.get("pattern") is not None:
+        keys["pattern"] = str(cfg["pattern"])
     if cfg.get("angle") is not None:
         keys["angle"] = _angle(cfg["angle"])
     if cfg.get("noise_std") is not None:

@@ -1,5 +1,5 @@
 """EvalSpec: `imgcls eval`'s own keys checked once (checkpoint, split, batch_size, topk, tta, ensemble, features,
-num_workers), with the checks that training's test evaluation shares (batch size, topk, tta)."""
+num_workers, explain), with the checks that training's test evaluation shares (batch size, topk, tta)."""
 from __future__ import annotations
 
 import glob
@@ -9,7 +9,9 @@ from typing import Any, Mapping
 from imgcls_cli.cores import resolve_workers
 from imgcls_cli.data.datasets import SPLITS
 from imgcls_cli.errors import UserError, as_int
+from imgcls_cli.explain.methods import check_method
 
+MAX_EXPLAIN = 10_000  # explain=N: images of each kind explained (errors, correct)
 MAX_BATCH_SIZE = 65536  # images per forward pass: more is a typo, and an allocation no machine has
 TTA_VIEWS = {"none": 1, "hflip": 2, "hflip_shift": 4}  # tta= -> the views of each image, the image itself first
 ENSEMBLES = ("averaging", "voting")
@@ -66,6 +68,8 @@ class EvalSpec:
     tta: str = "none"
     ensemble: str = "averaging"
     features: bool = False
+    explain: int = 0  # the N most confident errors and N random correct images explained into explain/
+    explain_method: str = "gradcam"
 
     @classmethod
     def parse(cls, cfg: Mapping[str, Any], dataset_keys: list[str] | tuple[str, ...] = ()) -> EvalSpec:
@@ -85,6 +89,8 @@ class EvalSpec:
         paths = () if sweep else checkpoint_paths(cfg.get("checkpoint"))
         if features and len(paths) > 1:
             raise UserError(f"features=true writes one model's embeddings; checkpoint= names {len(paths)} files.")
+        explain = as_int(cfg.get("explain", 0), "explain", minimum=0, maximum=MAX_EXPLAIN)
+        method = check_method(cfg.get("explain_method", "gradcam"))
         return cls(paths, str(sweep) if sweep else None, cfg.get("dataset"), tuple(dataset_keys), split,
                    str(cfg.get("device", "auto")), str(cfg.get("precision", "auto")), batch_size, topk,
-                   resolve_workers(cfg.get("num_workers", "auto")), tta, ensemble, features)
+                   resolve_workers(cfg.get("num_workers", "auto")), tta, ensemble, features, explain, method)
