@@ -75,7 +75,9 @@ def write_explanations(folder: Path, keys: Sequence[str], images: np.ndarray, ex
             overlay = np.stack([gray // 2, gray // 2, np.maximum(gray, 128)], -1)  # BGR: red-tinted
             name = f"overlays/{i}.png"
             cv2.imwrite(str(explain / name), overlay)
-            writer.writerow([key, "gradcam", "predicted", rows[key]["label"], rows[key]["probability"], name])
+            row = rows[key]
+            kind = "correct" if row["label"] == row["target"] else "error"
+            writer.writerow([key, kind, row["target"], row["label"], row["probability"], name])
         for row in extra_rows:
             writer.writerow([row.get(c, "") for c in ("key", "kind", "target", "label", "probability", "overlay")])
 

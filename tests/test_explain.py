@@ -18,6 +18,7 @@ import torch
 
 from conftest import (assert_ok, assert_user_error, png_shape, read_csv, read_json, run_in_one_process,
                       run_once, write_broken_files, write_png)
+from reportkit import page_data
 from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
 from imgcls_cli.data.datasets import load_dataset
 from imgcls_cli.data.patches import PATCH_CLASSES, make_patches, patch_side
@@ -220,6 +221,9 @@ def test_eval_explain_writes_the_most_confident_errors_and_random_correct_images
         assert png_shape(run_dir / "explain" / row["overlay"])[2] == 3
     assert {r["target"] for r in rows[:3]} <= {PATCH_CLASSES[1], PATCH_CLASSES[2]}
     assert png_shape(run_dir / "explain" / "mosaic.png")[2] == 3
+    # the eval run's report.html carries every overlay inline, with its image's key
+    shown = page_data((run_dir / "report.html").read_text(encoding="utf-8"))["explanations"]
+    assert sorted(e["key"] for e in shown) == sorted(r["key"] for r in rows) and all(e["src"] for e in shown)
 
 
 def test_eval_explain_reads_the_images_of_a_dataset_that_streams_from_files(runs):

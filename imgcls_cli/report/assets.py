@@ -52,12 +52,12 @@ table.cm.small td.cell { font-size: 0; min-width: 9px; height: 9px; padding: 0; 
 figure { margin: 0; text-align: center; font-size: 11px; color: var(--muted); }
 figure img { width: 64px; height: 64px; object-fit: contain; image-rendering: pixelated; background: #000;
              display: block; }
-figure img.overlay { width: 64px; height: 64px; image-rendering: auto; border: 1px solid #e36209; }
+figure img.overlay { width: auto; height: 64px; image-rendering: auto; border: 1px solid #e36209; }
 figure .pair { display: flex; gap: 2px; }
 figure .missing { width: 64px; height: 64px; background: var(--bg-soft); display: flex; align-items: center;
                   justify-content: center; }
-#explanation-grid figure img { width: 128px; height: 128px; image-rendering: auto; }
-#explanation-grid figure { max-width: 140px; }
+#explanation-grid figure img { width: auto; height: auto; max-width: 340px; image-rendering: auto; }
+#explanation-grid figure { max-width: 344px; }
 """
 
 SCRIPT = r"""

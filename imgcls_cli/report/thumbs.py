@@ -13,10 +13,10 @@ from imgcls_cli.data.files import decode_into
 import cv2  # noqa: E402,I001  (after data/decode.py, which sets OpenCV's pixel limit)
 
 THUMB_SIZE = 48  # pixels of a thumbnail's longer side (a smaller image keeps its size; the page scales it up)
-OVERLAY_SIZE = 128  # the same for an explanation's overlay
+OVERLAY_SIZE = 340  # the same for an explanation's overlay (imgcls explain draws them about 330 px wide)
 CELL_CAP = 24  # thumbnails of one confusion-matrix cell at most
 MAX_THUMBNAILS = 2400  # thumbnails of one page at most: the cap per cell shrinks until the cells fit in it
-MAX_EXPLANATIONS = 240  # overlays of one page at most
+MAX_EXPLANATIONS = 120  # overlays of one page at most
 JPEG_QUALITY = 85
 
 
