@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from imgcls_cli.engine.ensemble import Scored
 from imgcls_cli.report.page import write_report_safely
-from imgcls_cli.report.thumbs import FileImages, ImageSource, SplitImages
+from imgcls_cli.report.thumbs import ImageSource, SplitImages
 from imgcls_cli.rundir import git_commit, versions, write_json
 from imgcls_cli.specs.eval import EvalSpec
 
@@ -18,12 +20,10 @@ RUN_INFO = "run_info.json"
 
 
 def thumbnail_source(scored: Scored) -> ImageSource | None:
-    """The scored images' pixels: the split in memory, else its files (keys are their real paths)."""
+    """The scored images' pixels, as explain=N reads them: the split in memory, or its store."""
     if scored.images is not None:
-        return SplitImages(scored.ids, scored.images)
-    if scored.id_column == "path" and scored.keys:
-        return FileImages({i: Path(k) for i, k in zip(scored.ids, scored.keys)})
-    return None
+        return SplitImages(scored.ids, np.asarray(scored.images))
+    return SplitImages(scored.ids, scored.pixels) if scored.store is not None else None
 
 
 def finish_eval(run_dir: Path, spec: EvalSpec, members: Sequence[Scored], device: Any, precision: str,

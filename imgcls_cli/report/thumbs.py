@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -29,9 +29,11 @@ class ImageSource(Protocol):
 
 
 class SplitImages:
-    """The evaluated split as the run holds it: a uint8 (N, C, H, W) array, or a store read a batch at a time."""
+    """The evaluated images as the run holds them: a uint8 (N, C, H, W) array, or a function that reads positions
+    of them, (positions) -> (uint8 pixels, whether each was read), as a store's load and Scored.pixels are."""
 
-    def __init__(self, ids: Sequence[str], images: Any) -> None:
+    def __init__(self, ids: Sequence[str], images: np.ndarray | Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+                 ) -> None:
         self.position = {str(k): i for i, k in enumerate(ids)}
         self.images = images
 
@@ -42,14 +44,14 @@ class SplitImages:
         positions = np.array([p for _, p in found], dtype=np.int64)
         if isinstance(self.images, np.ndarray):
             pixels, ok = self.images[positions], np.ones(len(found), bool)
-        else:  # a store (data/stores.py): files decoded, or a memmap resized, for these positions alone
-            pixels, ok = self.images.load(positions)
+        else:  # files decoded, or a memmap resized, for these positions alone
+            pixels, ok = self.images(positions)
         return {k: np.asarray(pixels[i]) for i, (k, _) in enumerate(found) if ok[i]}
 
 
 def split_images(split: Any) -> SplitImages:
-    """The images of a data.datasets.Split: its uint8 tensor, or its store."""
-    return SplitImages(split.ids, split.images.numpy() if split.in_memory else split.images)
+    """The images of a data.datasets.Split: its uint8 tensor, or its store (data/stores.py)."""
+    return SplitImages(split.ids, split.images.numpy() if split.in_memory else split.images.load)
 
 
 class FileImages:
