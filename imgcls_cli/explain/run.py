@@ -16,6 +16,7 @@ from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.engine.device import resolve_device
 from imgcls_cli.engine.predict import ImageFiles, resolve_inputs
+from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError, shown
 from imgcls_cli.explain.core import Explained, Explainer, refuse_exported
 from imgcls_cli.explain.methods import require_captum
@@ -55,17 +56,12 @@ def true_labels(paths: list[Path], classes: list[str]) -> list[int]:
     return labels
 
 
-def _rows_of(batch: list[int], result: Explained, classes: list[str], names: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for j, i in enumerate(batch):
-        p, order = result.probs[j], np.argsort(-result.probs[j], kind="stable")
-        row: dict[str, Any] = {"explained": classes[int(result.classes[j])],
-                               "explained_probability": round(float(p[int(result.classes[j])]), 6),
-                               "label": classes[order[0]], "probability": round(float(p[order[0]]), 6),
-                               "overlay": names[j], "error": ""}
-        for k in range(2, min(3, len(order)) + 1):
-            row[f"top{k}_label"], row[f"top{k}_probability"] = classes[order[k - 1]], round(float(p[order[k - 1]]), 6)
-        rows.append(row)
+def _rows_of(result: Explained, classes: list[str], names: list[str]) -> list[dict[str, Any]]:
+    """predict's columns (label, probability, top2/top3, error) for the batch, keyed by overlay, and the class each
+    map explains with its probability."""
+    rows, _ = prediction_rows(result.probs, classes, names, "overlay", 3)
+    for row, p, c in zip(rows, result.probs, result.classes):
+        row["explained"], row["explained_probability"] = classes[int(c)], round(float(p[int(c)]), 6)
     return rows
 
 
@@ -87,7 +83,7 @@ def _explain_batch(explainer: Explainer, files: ImageFiles, batch: list[int], wa
     classes = explainer.classes
     width = len(str(len(files) - 1))
     names = [f"overlays/{i:0{width}d}_{file_stem(files.paths[i])}.png" for i in indices]
-    for row, i in zip(_rows_of(indices, result, classes, names), indices):
+    for row, i in zip(_rows_of(result, classes, names), indices):
         rows[i].update(row)
     for j, i in enumerate(indices):
         lines = [f"{explainer.method}: {rows[i]['explained']} ({rows[i]['explained_probability']:.3f})",
