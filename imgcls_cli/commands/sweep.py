@@ -10,12 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgcls_cli import console as out
 from imgcls_cli.commands.runlock import release
-from imgcls_cli.rundir import write_csv
+from imgcls_cli.rundir import SWEEP_COLUMNS, write_csv
 
 if TYPE_CHECKING:
     from imgcls_cli.sweep_plot import SweepJob
 
-COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
+COLUMNS = SWEEP_COLUMNS
 
 
 class SweepFailed(SystemExit):

@@ -14,11 +14,11 @@ from imgcls_cli.report import markup
 from imgcls_cli.report.markup import document, duration, esc, json_script, number, section
 from imgcls_cli.report.safe import write_safely
 from imgcls_cli.report.svg import PALETTE, Series, line_chart
-from imgcls_cli.rundir import read_csv, write_text_atomic
+from imgcls_cli.rundir import SWEEP_COLUMNS, read_csv, write_text_atomic
 
 SWEEP_REPORT = "sweep_report.html"
-# summary.csv's columns (commands/sweep.py writes it); a sweep without one is read from its jobs' summary.json
-COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
+# summary.csv's columns; a sweep without one is read from its jobs' summary.json
+COLUMNS = SWEEP_COLUMNS
 NUMBERS = COLUMNS[3:]
 CURVES = (("Validation accuracy", "val_accuracy", (0.0, 1.0)), ("Validation loss", "val_loss", None),
           ("Training loss", "train_loss", None))
