@@ -23,8 +23,10 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "va
 FORMULA_START = re.compile(r"^'*[=+\-@\t\r]")
 _ESCAPED = re.compile(r"^'+[=+\-@\t\r]")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
 # summary.csv of a sweep folder, one row per job (commands/sweep.py writes it, the sweep report reads it)
 SWEEP_COLUMNS = ("job", "overrides", "status", "best_val_accuracy", "test_accuracy", "wall_seconds")
+
 
 def spreadsheet_safe(value: Any) -> Any:
     """A CSV cell that a spreadsheet shows as text: a string starting with =, +, -, @, tab or CR (after any quotes)
