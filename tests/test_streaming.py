@@ -3,6 +3,8 @@ per batch, and the decoded cache; they must give the very batches the in-memory 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -52,6 +54,30 @@ def test_streamed_files_give_the_same_batches_as_memory(tree, workers):
     for epoch in (1, 2):
         for (a, ya), (b, yb) in zip(all_batches(memory, epoch), all_batches(stream, epoch), strict=True):
             assert torch.equal(ya, yb) and torch.allclose(a, b, atol=1e-6)
+
+
+FORKED_WORKERS_AFTER_OPENCV = """
+import sys, numpy as np, torch, cv2
+from imgcls_cli.data.datasets import load_dataset
+from imgcls_cli.data.loader import make_loader
+cfg = {"name": "imagefolder", "root": sys.argv[1], "image_size": 16, "channels": 3, "val_fraction": 0.1,
+       "test_fraction": 0.1, "max_train_samples": None, "max_eval_samples": None, "in_memory": False}
+bundle = load_dataset(cfg, seed=0)
+cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (1500, 1500))  # work that would start OpenCV's thread pool
+train = bundle.splits["train"]
+loader = make_loader(train.images, train.labels, 16, bundle.mean, bundle.std, device=torch.device("cpu"),
+                     num_workers=2)
+print(sum(len(y) for _, y in loader), cv2.getNumThreads())
+"""
+
+
+def test_workers_forked_after_opencv_has_run_read_their_batches(tree):
+    """OpenCV's thread pool does not survive a fork: a worker that touched it hung forever. It runs on one thread."""
+    proc = subprocess.run([sys.executable, "-c", FORKED_WORKERS_AFTER_OPENCV, str(tree)], capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    batches, threads = proc.stdout.split()
+    assert int(batches) > 0 and threads == "1"
 
 
 def test_arrays_over_the_memory_budget_stream_resized_per_batch():

@@ -24,6 +24,11 @@ if not (_opencv_limit.isdigit() and 0 < int(_opencv_limit) <= MAX_PIXELS):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+# OpenCV's own thread pool is not fork-safe: a DataLoader worker forked after the pool has run deadlocks in OpenCV
+# (changing its thread count in the child waits forever on the parent's pool). imgcls decodes many files at once
+# (threads, DataLoader workers) rather than one image on many threads, so OpenCV works on the calling thread only.
+cv2.setNumThreads(1)
+
 from imgcls_cli.data.headers import declared_gray, jpeg_truncated  # noqa: E402
 from imgcls_cli.data.headers import declared_size as _header_size  # noqa: E402  (tests stand in for an unread format)
 from imgcls_cli.rundir import mode_kind  # noqa: E402

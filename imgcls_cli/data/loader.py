@@ -154,10 +154,9 @@ class _StoreBatches(torch.utils.data.Dataset):
 
 
 def _worker_init(_: int) -> None:
-    import cv2
-
-    torch.set_num_threads(1)  # each worker decodes one batch; the cores are shared out between workers
-    cv2.setNumThreads(1)
+    # Each worker decodes one batch; the cores are shared out between workers. OpenCV is left alone here: it runs
+    # on the calling thread since data/decode.py loaded it, and touching its thread pool in a forked child hangs.
+    torch.set_num_threads(1)
 
 
 class StreamLoader(DeviceLoader):
