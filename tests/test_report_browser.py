@@ -28,9 +28,12 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests 
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        # As root, Chromium runs only without its sandbox.
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=["--no-sandbox"] if os.geteuid() == 0 else [])
+        # As root, Chromium runs only without its sandbox. No GPU, no /dev/shm (small in containers), and none of
+        # its background connections: on a machine without a network they are refused or wait on DNS.
+        quiet = ["--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, timeout=60_000,
+                                              args=quiet + (["--no-sandbox"] if os.geteuid() == 0 else []))
         yield chromium
         chromium.close()
 
@@ -52,6 +55,7 @@ class Visit:
 
 def open_page(browser, path: Path) -> Visit:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)  # every wait on the page fails the test rather than hanging it
     visit = Visit(page, path.resolve().as_uri())
     page.on("console", lambda m: visit.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: visit.errors.append(str(e)))
