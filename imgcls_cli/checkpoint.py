@@ -32,7 +32,8 @@ MAX_INT_KWARG = 1_000_000  # any whole-number model kwarg (widths, depth, hidden
 MAX_FLOAT_KWARG = 1e6
 MAX_LIST_KWARG = 256  # entries of a list kwarg (widths, block_config)
 MAX_ENTRIES = 1_000_000  # files in the checkpoint's zip archive
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "ema", "rng", "best", "position", "distributed", "domain")
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "ema", "rng", "best", "position", "distributed", "domain",
+                  "throughput")
 TASKS = ("multiclass", "multilabel")
 # What imgcls export writes: eval and predict run these files (export/runtime.py); training needs the .pt.
 EXPORTED = {".onnx": "an exported ONNX model", ".pt2": "an exported torch.export program"}

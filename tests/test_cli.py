@@ -134,6 +134,11 @@ def test_train_summary_json(trained_run):
     assert summary["test_accuracy"] > 0.4  # chance is 0.2
     assert summary["seed"] == 0
     assert summary["wall_seconds"] > 0 and summary["train_images_per_second"] > 0
+    # The run's rate, not one epoch's: every epoch trains as many images, so all of them over all the seconds is the
+    # harmonic mean of the epochs' rates (the first, slower epoch included).
+    rates = [float(r["images_per_second"]) for r in rows]
+    harmonic = len(rates) / sum(1 / r for r in rates)
+    assert summary["train_images_per_second"] == pytest.approx(harmonic, rel=0.005, abs=0.2), (rates, summary)
     assert re.fullmatch(r"cpu|cuda(:\d+)?|mps", summary["device"]), summary["device"]
     import torch
 

@@ -96,7 +96,7 @@ def test_a_new_stateful_feature_is_one_registration(tmp_path):
 
 LAST_KEYS = {"format", "format_version", "model", "classes", "input", "config", "state_dict", "epoch", "step",
              "distributed", "ranks", "metrics", "optimizer", "scheduler", "scaler", "rng", "best", "ema", "position",
-             "domain", "bn_train_stats"}
+             "domain", "bn_train_stats", "throughput"}
 MODEL_KEYS = {"format", "format_version", "model", "classes", "input", "config", "state_dict", "epoch", "step",
               "metrics"}
 
@@ -114,6 +114,7 @@ def test_checkpoints_keep_their_keys_and_load_with_weights_only(tmp_path):
     assert set(last["best"]) == {"score", "epoch", "bad_epochs", "ema"} and last["best"]["ema"] > 0
     assert set(last["ema"]) == {"state_dict", "updates"} and last["ema"]["updates"] == last["step"]
     assert last["position"] is None and last["domain"] is None and last["epoch"] == 1
+    assert last["throughput"]["images"] > 0 and last["throughput"]["seconds"] > 0  # the run's rate, across resumes
     for name in ("best.pt", "best_ema.pt"):
         assert set(torch.load(ckpts / name, weights_only=True)) == MODEL_KEYS
         assert load_checkpoint(ckpts / name)["epoch"] == 1

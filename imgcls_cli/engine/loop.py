@@ -45,6 +45,7 @@ def run_epochs(run: Run, t: Training) -> None:
             started = time.perf_counter()
             result, lr = train_epoch(run, t, net, epoch)
             state.epoch = epoch
+            state.trained(result.images, result.seconds)
             validated = t.has_val and (epoch % spec.val_every == 0 or epoch == spec.epochs)
             row, improved, texts = end_epoch(run, t, eval_net, result, lr, started, validated, board)
             report_epoch(run, t, row, result, improved, texts)

@@ -121,6 +121,8 @@ class TrainState:
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv so far; last.pt keeps the last one
     parts: dict[str, Part | None] = field(default_factory=dict)
     best_of: dict[str, float] = field(default_factory=dict)  # registered parts' own best scores
+    train_images: int = 0  # images trained on and seconds spent in training steps, over the whole run (resumes too)
+    train_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.bn_names = set(precise_bn.state_names(self.model))
@@ -157,6 +159,15 @@ class TrainState:
         for part in self.active("after_step"):
             part.after_step(self.model)
 
+    def trained(self, images: int, seconds: float) -> None:
+        """An epoch's training: its images and the seconds its steps took (every rank's images)."""
+        self.train_images += images
+        self.train_seconds += seconds
+
+    def images_per_second(self) -> float | None:
+        """The run's training rate: every image trained on over the seconds spent training them."""
+        return self.train_images / self.train_seconds if self.train_seconds > 0 else None
+
     def eval_modules(self) -> list[nn.Module]:
         return [m for p in self.active("eval_modules") for m in p.eval_modules()]
 
@@ -172,7 +183,7 @@ class TrainState:
                 "best": {"score": self.best_score, "epoch": self.best_epoch, "bad_epochs": self.stopper.bad_epochs,
                          **self.best_of},
                 **{name: part.state_dict() if part is not None else None for name, part in self.parts.items()},
-                "position": position,
+                "position": position, "throughput": {"images": self.train_images, "seconds": self.train_seconds},
                 # the batch-norm statistics training continues from, where state_dict holds recomputed ones
                 "bn_train_stats": bn_train_stats}
 
@@ -195,6 +206,10 @@ class TrainState:
                 part.load_state_dict(ckpt[name])
         mine = ckpt["ranks"][self.ctx.rank] if ckpt.get("ranks") else ckpt  # each rank's own data position
         self.step, self.epoch, self.position = ckpt["step"], ckpt["epoch"], mine.get("position")
+        counted = ckpt.get("throughput") or {}  # absent from a last.pt of an older version: counted from here
+        images, seconds = counted.get("images"), counted.get("seconds")
+        if isinstance(images, int) and isinstance(seconds, float) and images >= 0 and 0 <= seconds < float("inf"):
+            self.train_images, self.train_seconds = images, seconds
         restore_rng(mine["rng"])
 
     def save(self, name: str, payload: dict[str, Any]) -> None:

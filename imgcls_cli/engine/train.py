@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
@@ -99,8 +98,8 @@ def _fit(run: Run, spec: TrainSpec, init: dict[str, Any] | None) -> None:
 def finish(run: Run, t: Training) -> None:
     """The summary's speed; on rank 0: the curves, best.pt on the test split, skipped files, the results."""
     rows = t.state.rows
-    speeds = [r["images_per_second"] for r in rows[1:]] or [rows[-1]["images_per_second"]]
-    run.summary["train_images_per_second"] = round(float(np.median(speeds)), 1)
+    rate = t.state.images_per_second()  # the run's rate; metrics.csv keeps each epoch's
+    run.summary["train_images_per_second"] = round(rate if rate is not None else rows[-1]["images_per_second"], 1)
     if not run.main:  # rank 0 tests best.pt and reports
         return
     plot_curves(rows, run.run_dir / "plots" / "curves.png", best_epoch=run.summary.get("best_epoch"))
