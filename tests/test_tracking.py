@@ -3,6 +3,7 @@ compared with the run directory's own files; a tracking failure never fails the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,16 +27,17 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    """A 2-epoch run with tracking=mlflow in a fresh folder (the local store under ./outputs/mlflow), then resumed
-    to 3 epochs."""
+    """A 2-epoch run with tracking=mlflow and tensorboard=true in a fresh folder (the local store under
+    ./outputs/mlflow), then resumed to 3 epochs."""
     cwd = tmp_path_factory.mktemp("mlflow_run")
-    run_dir = cwd / "run"
+    run_dir = cwd / "outputs" / "train" / "run"
     first = run_cli("train", *SMALL, "epochs=2", "tracking=mlflow", "tracking.log_checkpoints=true",
-                    f"hydra.run.dir={run_dir}", cwd=cwd)
+                    "tensorboard=true", f"hydra.run.dir={run_dir}", cwd=cwd)
     assert_ok(first)
     saved = {"metrics": read_csv(run_dir / "metrics.csv"), "summary": read_json(run_dir / "summary.json"),
              "run_id": read_json(run_dir / "mlflow.json")["run_id"]}
-    again = run_cli("train", f"resume={run_dir}", "epochs=3", "overwrite=true", *SMALL, "tracking=mlflow", cwd=cwd)
+    again = run_cli("train", f"resume={run_dir}", "epochs=3", "overwrite=true", *SMALL, "tracking=mlflow",
+                    "tensorboard=true", cwd=cwd)
     assert_ok(again)
     return cwd, run_dir, saved
 
@@ -177,3 +179,87 @@ def test_the_documented_mlflow_ui_command_shows_the_run(tracked):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def events(folder: Path) -> Any:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def hparams_logged(folder: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """The hparams plugin's session: (the hparams, the metrics' last values)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    board = events(folder)
+    content = board.PluginTagToContent("hparams")
+    starts = [plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info for c in content.values()]
+    start = next(s for s in starts if s.hparams)
+    values = {k: (v.string_value or v.number_value or v.bool_value) for k, v in start.hparams.items()}
+    metrics = {tag: board.Scalars(tag)[-1].value for tag in board.Tags()["scalars"] if tag.startswith("hparam/")}
+    return values, metrics
+
+
+def test_tensorboard_holds_epochs_steps_images_and_hparams(tracked):
+    """tensorboard/: every metrics.csv column at step = epoch, the augment preview and the confusion matrix;
+    tensorboard/steps: each optimizer step's loss and lr, whose image-weighted mean over an epoch is its
+    train_loss. The resumed run's events follow on without repeating a step."""
+    _, run_dir, _ = tracked
+    rows = read_csv(run_dir / "metrics.csv")
+    board = events(run_dir / "tensorboard")
+    for column in rows[0]:
+        expected = [(int(r["epoch"]), float(r[column])) for r in rows if r[column] != "" and column != "epoch"]
+        got = [(e.step, e.value) for e in board.Scalars(column)] if expected else []
+        assert [s for s, _ in got] == [s for s, _ in expected], column
+        assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-5), column
+    assert {"augment_preview", "confusion_matrix"} <= set(board.Tags()["images"])
+    matrix = board.Images("confusion_matrix")[-1]
+    assert matrix.step == 3 and matrix.width > 100 and matrix.height > 100
+    steps = events(run_dir / "tensorboard" / "steps")
+    losses, lrs = steps.Scalars("train/loss"), steps.Scalars("train/lr")
+    per_epoch = len(losses) // 3
+    assert [e.step for e in losses] == list(range(1, 3 * per_epoch + 1)) and per_epoch >= 3
+    assert [e.step for e in lrs] == [e.step for e in losses]
+    for i, row in enumerate(rows):  # equal batches: the epoch's loss is the mean of its steps' losses
+        epoch_losses = [e.value for e in losses[i * per_epoch:(i + 1) * per_epoch]]
+        assert sum(epoch_losses) / per_epoch == pytest.approx(float(row["train_loss"]), rel=1e-4)
+        assert lrs[i * per_epoch].value == pytest.approx(float(row["lr"]), rel=1e-5)  # the epoch's first lr
+    assert lrs[-1].value < lrs[0].value  # cosine
+    values, metrics = hparams_logged(run_dir / "tensorboard")
+    summary = read_json(run_dir / "summary.json")
+    assert values["model"] == "simple_cnn" and values["dataset"] == "synthetic"
+    assert metrics["hparam/test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert metrics["hparam/best_val_accuracy"] == pytest.approx(summary["best_val_accuracy"])
+
+
+def test_tensorboard_hparams_compare_a_sweeps_jobs(tmp_path):
+    """imgcls train -m optimizer.lr=... tensorboard=true: each job's hparams session names its lr, against its own
+    test accuracy (what TensorBoard's HPARAMS tab lists for the sweep folder)."""
+    result = run_cli("train", "-m", "optimizer.lr=0.01,0.001", *SMALL, "epochs=1", "tensorboard=true",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert_ok(result)
+    jobs = sorted((tmp_path / "sweep").glob("*/tensorboard"))
+    assert len(jobs) == 2
+    seen = {}
+    for folder in jobs:
+        values, metrics = hparams_logged(folder)
+        summary = read_json(folder.parent / "summary.json")
+        assert metrics["hparam/test_accuracy"] == pytest.approx(summary["test_accuracy"])
+        seen[values["optimizer.lr"]] = metrics["hparam/test_accuracy"]
+    assert sorted(seen) == pytest.approx([0.001, 0.01])
+
+
+def test_the_documented_tensorboard_command_finds_the_run(tracked):
+    """docs/tracking.md's `tensorboard --logdir` line, in the folder the run was started in, finds its event
+    files (--inspect: what the server would load, without serving it)."""
+    import subprocess
+
+    cwd, run_dir, _ = tracked
+    argv = documented_command("tensorboard")
+    shown = subprocess.run([*argv, "--inspect"], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout + shown.stderr
+    assert f"{run_dir.relative_to(cwd) / 'tensorboard' / 'steps'}" in text
+    assert all(tag in text for tag in ("train_loss", "confusion_matrix", "augment_preview", "train/lr"))
