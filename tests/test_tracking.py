@@ -123,7 +123,8 @@ def test_unreachable_tracking_server_is_one_warning(tmp_path, monkeypatch):
 def test_tracking_mistakes_are_one_line(tmp_path):
     hidden = tmp_path / "no_mlflow"
     hidden.mkdir()
-    (hidden / "mlflow.py").write_text("raise ImportError(\"No module named 'mlflow'\")\n")
+    for module in ("mlflow", "tensorboard"):
+        (hidden / f"{module}.py").write_text(f"raise ImportError(\"No module named '{module}'\")\n")
     calls = {"group": (["train", "tracking=mlfow", *SMALL], tmp_path),
              "key": (["train", "tracking.backend=mlfow", *SMALL], tmp_path),
              "checkpoints": (["train", "tracking=mlflow", "tracking.log_checkpoints=yes", *SMALL], tmp_path)}
@@ -132,9 +133,11 @@ def test_tracking_mistakes_are_one_line(tmp_path):
     assert "Did you mean mlflow?" in assert_user_error(results["key"], "tracking backend")
     assert_user_error(results["checkpoints"], "tracking.log_checkpoints must be true or false")
     env = {**cli_env(), "PYTHONPATH": str(hidden)}
-    missing = run_in_one_process({"missing": (["train", "tracking=mlflow", *SMALL], tmp_path)}, env=env)["missing"]
-    line = assert_user_error(missing, "pip install 'imgcls[mlflow]'")
+    missing = run_in_one_process({"mlflow": (["train", "tracking=mlflow", *SMALL], tmp_path),
+                                  "tensorboard": (["train", "tensorboard=true", *SMALL], tmp_path)}, env=env)
+    line = assert_user_error(missing["mlflow"], "pip install 'imgcls[mlflow]'")
     assert line.startswith("error: tracking=mlflow needs the mlflow package")
+    assert_user_error(missing["tensorboard"], "needs the tensorboard package: pip install 'imgcls[tensorboard]'")
     assert not (tmp_path / "outputs" / "mlflow").exists()  # refused before anything was recorded
 
 
