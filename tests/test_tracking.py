@@ -266,3 +266,16 @@ def test_the_documented_tensorboard_command_finds_the_run(tracked):
     text = shown.stdout + shown.stderr
     assert f"{run_dir.relative_to(cwd) / 'tensorboard' / 'steps'}" in text
     assert all(tag in text for tag in ("train_loss", "confusion_matrix", "augment_preview", "train/lr"))
+
+
+def test_a_run_that_fails_is_a_failed_mlflow_run(tmp_path):
+    """A run refused after it started (one class in the training split) is recorded, as failed, with its
+    config and summary.json: never a lost run."""
+    result = run_cli("train", *SMALL, "dataset.max_train_samples=1", "tracking=mlflow",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_user_error(result, "one class")
+    client = local_client(tmp_path)
+    run = client.get_run(read_json(tmp_path / "run" / "mlflow.json")["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
+    assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
