@@ -55,6 +55,9 @@ def test_mlflow_run_holds_the_run_directory(tracked):
     tags = run.data.tags
     assert (tags["model"], tags["dataset"], tags["status"]) == ("simple_cnn", "synthetic", "completed")
     assert "tracking=mlflow" in tags["command"] and "resume=" not in tags["command"]  # the command that made it
+    from imgcls_cli.rundir import git_commit
+
+    assert tags.get("git_commit") == git_commit()  # this checkout's commit (no tag outside a checkout)
     rows = read_csv(run_dir / "metrics.csv")
     for column in rows[0]:
         if column == "epoch":
