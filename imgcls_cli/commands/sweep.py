@@ -110,9 +110,28 @@ def _varying_keys(overrides: list[dict[str, str]]) -> list[str]:
     return [key for key in keys if len({values.get(key) for values in overrides}) > 1]
 
 
+def tracking_settings(config: DictConfig) -> Any:
+    """The sweep's TrackingSpec (tracking=, tensorboard=), or None when it is not a valid one (each job then says
+    why)."""
+    from imgcls_cli.errors import UserError
+    from imgcls_cli.specs.tracking import TrackingSpec
+
+    try:
+        tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else None
+        return TrackingSpec.parse(tracking, config.get("tensorboard") is True)  # type: ignore[arg-type]
+    except UserError:
+        return None
+
+
 class SweepSummary(Callback):
     """Writes <sweep dir>/summary.csv and prints it as a table once every job has run; raises SweepFailed when a
-    job did not complete."""
+    job did not complete. With tracking=mlflow the sweep is a parent run, its jobs child runs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from imgcls_cli.commands.common import command_line
+        from imgcls_cli.tracking.api import sweep_event
+
+        sweep_event("sweep_start", tracking_settings(config), Path(config.hydra.sweep.dir), command_line())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -123,6 +142,9 @@ class SweepSummary(Callback):
         from imgcls_cli.report.sweep import write_sweep_report_safely  # here: other commands need not load it
 
         write_sweep_report_safely(sweep_dir)
+        from imgcls_cli.tracking.api import sweep_event
+
+        sweep_event("sweep_end", tracking_settings(config), sweep_dir, len(failed))
         table = [[r.get(c) for c in COLUMNS] for r in rows]
         if spread := mean_std_row(rows):
             table.append(spread)

@@ -40,6 +40,7 @@ def parse(cfg: DictConfig, explicit: list[str]) -> tuple[Any, dict[str, Any] | N
     from imgcls_cli.specs.train import TrainSpec
 
     spec = TrainSpec.parse(plain(cfg), explicit, dataset_configs())
+    spec = replace(spec, tracking=replace(spec.tracking, sweep_dir=sweep_dir()))
     init = load_checkpoint(spec.init) if spec.init else None
     size = asked_image_size(spec, init)
     if size is not None:
@@ -47,6 +48,15 @@ def parse(cfg: DictConfig, explicit: list[str]) -> tuple[Any, dict[str, Any] | N
         config = plain(cfg)
         spec = replace(spec, dataset=DatasetSpec.from_config(config["dataset"]), config=config)
     return spec, init
+
+
+def sweep_dir() -> str | None:
+    """The sweep folder when this run is a job of a sweep (its tracking parent run), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    return str(hc.sweep.dir) if hc is not None and hc.mode == RunMode.MULTIRUN else None
 
 
 def asked_image_size(spec: Any, init: dict[str, Any] | None) -> int | None:

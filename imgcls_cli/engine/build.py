@@ -180,18 +180,6 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
     return torch.compile(model)
 
 
-def tensorboard_writer(enabled: bool, run_dir: Path, first_epoch: int) -> Any:
-    """tensorboard=true: event files in <run dir>/tensorboard beside metrics.csv (a resume drops later steps)."""
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("tensorboard=true needs the tensorboard package: pip install 'imgcls[tensorboard]' "
-                        "(or pip install tensorboard).") from None
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
-
-
 def domain_adversary(spec: TrainSpec, augment: BatchAugment, bundle: DatasetBundle, model: nn.Module,
                      batch_size: int, batches_per_epoch: int,
                      loader_args: dict[str, Any]) -> tuple[DomainAdversary, DeviceLoader | None]:

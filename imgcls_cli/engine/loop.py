@@ -13,7 +13,7 @@ from torch import nn
 from imgcls_cli import console as out
 from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.engine import distributed, precise_bn
-from imgcls_cli.engine.build import MIX_STREAM, compiled, tensorboard_writer
+from imgcls_cli.engine.build import MIX_STREAM, compiled
 from imgcls_cli.engine.distill import COLUMNS as DISTILL_COLUMNS
 from imgcls_cli.engine.domain import COLUMNS as DOMAIN_COLUMNS
 from imgcls_cli.engine.fit import EpochResult, NonFiniteLoss, Running, train_one_epoch
@@ -39,26 +39,21 @@ def run_epochs(run: Run, t: Training) -> None:
     eval_net = state.model if ctx.enabled else net
     if ctx.rank and not t.resumed:  # each rank its own dropout masks (a resumed rank restored its own RNG)
         torch.manual_seed(spec.seed * 1_000_003 + ctx.rank)
-    board = tensorboard_writer(spec.tensorboard, run.run_dir, state.epoch + 1) if run.main else None
-    try:
-        for epoch in range(state.epoch + 1, spec.epochs + 1):
-            started = time.perf_counter()
-            result, lr = train_epoch(run, t, net, epoch)
-            state.epoch = epoch
-            state.trained(result.images, result.seconds)
-            validated = t.has_val and (epoch % spec.val_every == 0 or epoch == spec.epochs)
-            row, improved, texts = end_epoch(run, t, eval_net, result, lr, started, validated, board)
-            report_epoch(run, t, row, result, improved, texts)
-            run.check_stop(epoch, state.step)  # a signal during validation: the epoch is saved whole
-            if validated and state.stopper.stop():
-                log.info(f"early stopping: {state.stopper.metric} did not improve for {state.stopper.bad_epochs} "
-                         f"validation(s) (early_stopping.patience={state.stopper.patience}); best epoch "
-                         f"{state.best_epoch}")
-                run.summary["early_stopped"] = True
-                break
-    finally:
-        if board is not None:
-            board.close()
+    for epoch in range(state.epoch + 1, spec.epochs + 1):
+        started = time.perf_counter()
+        result, lr = train_epoch(run, t, net, epoch)
+        state.epoch = epoch
+        state.trained(result.images, result.seconds)
+        validated = t.has_val and (epoch % spec.val_every == 0 or epoch == spec.epochs)
+        row, improved, texts = end_epoch(run, t, eval_net, result, lr, started, validated)
+        report_epoch(run, t, row, result, improved, texts)
+        run.check_stop(epoch, state.step)  # a signal during validation: the epoch is saved whole
+        if validated and state.stopper.stop():
+            log.info(f"early stopping: {state.stopper.metric} did not improve for {state.stopper.bad_epochs} "
+                     f"validation(s) (early_stopping.patience={state.stopper.patience}); best epoch "
+                     f"{state.best_epoch}")
+            run.summary["early_stopped"] = True
+            break
 
 
 def train_epoch(run: Run, t: Training, net: nn.Module, epoch: int) -> tuple[EpochResult, float]:
@@ -80,9 +75,12 @@ def train_epoch(run: Run, t: Training, net: nn.Module, epoch: int) -> tuple[Epoc
         running, state.position = Running(**position["running"]), None
     mix = (lambda x, y: t.mixer(x, y, mix_gen)) if t.mixer is not None else None
     lr = state.optimizer.param_groups[0]["lr"] if running is None else position["lr"]
+    track_step = step_tracker(run, state.optimizer, running)
 
     def after_step(sums: Callable[[], Running]) -> None:
         state.after_step()
+        if track_step is not None:
+            track_step(state.step, sums)
         stop = run.stop_signal
         if ctx.enabled:  # the ranks stop together: they agree every STOP_CHECK steps
             stop = int(ctx.max([stop])[0]) if state.step % STOP_CHECK == 0 else 0
@@ -108,7 +106,7 @@ def train_epoch(run: Run, t: Training, net: nn.Module, epoch: int) -> tuple[Epoc
 
 
 def end_epoch(run: Run, t: Training, eval_net: nn.Module, result: EpochResult, lr: float, started: float,
-              validated: bool, board: Any) -> tuple[dict[str, Any], bool, list[str]]:
+              validated: bool) -> tuple[dict[str, Any], bool, list[str]]:
     """Validate, append the epoch's metrics row, keep best.pt and last.pt. Validation, best.pt and last.pt see
     batch-norm statistics recomputed with this epoch's weights; training goes on from its own running statistics
     (kept in last.pt too, for a resume to continue exactly)."""
@@ -122,11 +120,8 @@ def end_epoch(run: Run, t: Training, eval_net: nn.Module, result: EpochResult, l
             write_csv(run.run_dir / "metrics.csv", state.rows, [*METRIC_COLUMNS, *state.columns(),
                                                                 *(DOMAIN_COLUMNS if t.adversary else ()),
                                                                 *(DISTILL_COLUMNS if t.spec.distill.teacher else ())])
-        if board is not None:
-            for key, value in row.items():
-                if key != "epoch" and value is not None:
-                    board.add_scalar(key, value, state.epoch)
-            board.flush()
+        if run.main:
+            run.tracking.log_epoch(state.epoch, row)
         score = state.stopper.score(row) if t.has_val else result.accuracy
         improved = score is not None and (state.best_epoch == 0 or state.stopper.better(score, state.best_score))
         weights = state.weights() if run.main else None  # one copy for best.pt and last.pt
@@ -137,6 +132,23 @@ def end_epoch(run: Run, t: Training, eval_net: nn.Module, result: EpochResult, l
             state.stopper.count(improved)
     state.save_last(lambda: weights, None, state.bn_stats() if recal and run.main else None)
     return row, improved, texts
+
+
+def step_tracker(run: Run, optimizer: torch.optim.Optimizer,
+                 running: Running | None) -> Callable[[int, Callable[[], Running]], None] | None:
+    """When a tracker wants each optimizer step (TensorBoard): a function of (step, sums) that logs the step's mean
+    loss (from the epoch's running sums, rank 0's images) and the lr it took."""
+    if not (run.main and run.tracking.wants_steps):
+        return None
+    before = [running or Running(), optimizer.param_groups[0]["lr"]]
+
+    def track(step: int, sums: Callable[[], Running]) -> None:
+        now, (then, lr) = sums(), before
+        loss = (now.loss_sum - then.loss_sum) / max(now.seen - then.seen, 1)
+        run.tracking.log_step(step, {"train/loss": loss, "train/lr": lr})
+        before[:] = [now, optimizer.param_groups[0]["lr"]]
+
+    return track
 
 
 def metrics_row(t: Training, eval_net: nn.Module, result: EpochResult, lr: float, started: float,

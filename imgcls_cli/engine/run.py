@@ -10,6 +10,7 @@ from typing import Any
 from imgcls_cli.engine import distributed
 from imgcls_cli.errors import UserError
 from imgcls_cli.rundir import write_json
+from imgcls_cli.tracking.api import Tracking
 
 log = logging.getLogger("imgcls")
 
@@ -33,6 +34,7 @@ class Run:
         self.stop_signal = 0  # SIGINT or SIGTERM once one arrived
         self.ctx = distributed.Dist()  # the data-parallel job this run is part of (a single process by default)
         self.main = not distributed.quiet_rank()  # rank 0 alone writes the run directory
+        self.tracking = Tracking([])  # MLflow / TensorBoard, opened by run_training on rank 0
         self.summary: dict[str, Any] = {"status": "running", "best_epoch": None, "best_val_accuracy": None,
                                         "test_accuracy": None, "seed": cfg.get("seed"), "command": command}
 

@@ -5,6 +5,7 @@ before the first epoch), state.py (TrainState: what a run carries and its checkp
 resume.py (which runs can be continued), build.py (model, loss, loaders), fit.py (one epoch's steps)."""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -28,7 +29,10 @@ from imgcls_cli.errors import DivergedError
 from imgcls_cli.plots import plot_curves
 from imgcls_cli.report.page import write_report_safely
 from imgcls_cli.report.thumbs import split_images
+from imgcls_cli.rundir import git_commit
 from imgcls_cli.specs.train import TrainSpec
+from imgcls_cli.tracking.api import Tracking
+from imgcls_cli.tracking.base import RunInfo
 
 log = logging.getLogger("imgcls")
 
@@ -54,8 +58,11 @@ def run_training(spec: TrainSpec, run_dir: str | Path, *, init: dict[str, Any] |
     if threading.current_thread() is threading.main_thread():
         for sig in previous:
             signal.signal(sig, on_signal)
+    if run.main:
+        run.tracking = open_tracking(spec, run, command)
     try:
-        _fit(run, spec, init if init is not None or not spec.init else load_checkpoint(spec.init))
+        test = _fit(run, spec, init if init is not None or not spec.init else load_checkpoint(spec.init))
+        run.tracking.end("completed", run.summary, test)
     except Interrupted as exc:
         _end(run, "interrupted", error=str(exc))
         if run.main:
@@ -64,11 +71,13 @@ def run_training(spec: TrainSpec, run_dir: str | Path, *, init: dict[str, Any] |
         raise SystemExit(128 + exc.signum) from None
     except KeyboardInterrupt:
         run.write_summary("interrupted")
+        run.tracking.end("interrupted", run.summary)
         raise
     except DivergedError as exc:
         _end(run, "diverged", error=str(exc))
         raise
     except ResumeRefused:  # the run to continue is left as it was
+        run.tracking.end(_status_on_disk(run.run_dir), run.summary)
         raise
     except BaseException as exc:
         _end(run, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -81,27 +90,47 @@ def run_training(spec: TrainSpec, run_dir: str | Path, *, init: dict[str, Any] |
     return run.summary
 
 
+def open_tracking(spec: TrainSpec, run: Run, command: str | None) -> Tracking:
+    """The run's trackers (tracking=mlflow|tensorboard, tensorboard=true); a backend that cannot start is one
+    warning line."""
+    if not spec.tracking.backends:
+        return Tracking([])
+    cfg = spec.config
+    info = RunInfo(run.run_dir, cfg, command, spec.resume is not None, spec.model.name,
+                   str(cfg["dataset"].get("name")), tuple(sorted(spec.explicit_keys)), spec.tracking, git_commit())
+    return Tracking.open(info)
+
+
+def _status_on_disk(run_dir: Path) -> str:
+    try:
+        return str(json.loads((run_dir / "summary.json").read_text()).get("status") or "failed")
+    except (OSError, ValueError):
+        return "failed"
+
+
 def _end(run: Run, status: str, **extra: Any) -> None:
     """A run that stopped before its end: summary.json says how, and report.html shows what it got to."""
     run.write_summary(status, **extra)
     if run.main:
         write_report_safely(run.run_dir, None, log, "Thumbnails: none, the run stopped before its test evaluation.")
+    run.tracking.end(status, run.summary)
 
 
-def _fit(run: Run, spec: TrainSpec, init: dict[str, Any] | None) -> None:
-    """Set up, train the epochs, test best.pt and report."""
+def _fit(run: Run, spec: TrainSpec, init: dict[str, Any] | None) -> dict[str, Any]:
+    """Set up, train the epochs, test best.pt and report; the test split's metrics."""
     training = prepare(run, spec, init)
     run_epochs(run, training)
-    finish(run, training)
+    return finish(run, training)
 
 
-def finish(run: Run, t: Training) -> None:
-    """The summary's speed; on rank 0: the curves, best.pt on the test split, skipped files, the results."""
+def finish(run: Run, t: Training) -> dict[str, Any]:
+    """The summary's speed; on rank 0: the curves, best.pt on the test split, skipped files, the results (the
+    test split's metrics, empty on other ranks)."""
     rows = t.state.rows
     rate = t.state.images_per_second()  # the run's rate; metrics.csv keeps each epoch's
     run.summary["train_images_per_second"] = round(rate if rate is not None else rows[-1]["images_per_second"], 1)
     if not run.main:  # rank 0 tests best.pt and reports
-        return
+        return {}
     plot_curves(rows, run.run_dir / "plots" / "curves.png", best_epoch=run.summary.get("best_epoch"))
     test_metrics = evaluate_best(t.state.model, run.run_dir, t.eval_loaders["test"], t.bundle, t.amp, t.spec.topk,
                                  t.spec.tta)
@@ -113,6 +142,7 @@ def finish(run: Run, t: Training) -> None:
     run.write_summary("completed")
     _results_table(run, t.model_name, t.bundle.name, test_metrics, t.spec.topk)
     write_report_safely(run.run_dir, split_images(t.bundle.splits["test"]), log)
+    return test_metrics
 
 
 def evaluate_best(model: Any, run_dir: Path, loader: DeviceLoader, bundle: DatasetBundle, amp: Any,

@@ -15,6 +15,7 @@ from imgcls_cli.specs.loop import BNRecalibrateSpec, DistributedSpec, EarlyStopp
 from imgcls_cli.specs.model import ModelSpec
 from imgcls_cli.specs.optimizer import OptimizerSpec
 from imgcls_cli.specs.schedule import ScheduleSpec
+from imgcls_cli.specs.tracking import TrackingSpec
 from imgcls_cli.specs.transfer import DistillSpec, DomainSpec, FinetuneSpec
 
 # numpy's range; the generators' seeds derived from it (seed x 1,000,003 x 1,009 + offsets) then fit in 64 bits
@@ -59,6 +60,7 @@ class TrainSpec:
     num_workers: str | int  # auto | N
     compile: bool
     tensorboard: bool
+    tracking: TrackingSpec  # where the run is also recorded (MLflow, TensorBoard)
     val_every: int
     every_n_steps: int  # checkpoint.every_n_steps: last.pt every this many optimizer steps too (0: per epoch)
     early_stopping: EarlyStoppingSpec
@@ -102,6 +104,7 @@ class TrainSpec:
         num_workers = cfg.get("num_workers", "auto")
         resolve_workers(num_workers)  # checks N
         compile_, tensorboard = _switch(cfg, "compile"), _switch(cfg, "tensorboard")
+        tracking = TrackingSpec.parse(cfg.get("tracking"), tensorboard)
         val_every = as_int(cfg.get("val_every", 1), "val_every", minimum=1)
         every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
                                minimum=0)
@@ -113,7 +116,8 @@ class TrainSpec:
             optimizer=optimizer, distill=distill, finetune=finetune, domain=domain, init=cfg.get("init") or None,
             label_smoothing=smoothing, topk=topk, tta=tta, bn_recalibrate=bn_recalibrate, on_nan=on_nan,
             distributed=distributed, device=str(cfg["device"]), precision=precision, channels_last=channels_last,
-            num_workers=num_workers, compile=compile_, tensorboard=tensorboard, val_every=val_every,
+            num_workers=num_workers, compile=compile_, tensorboard=tensorboard, tracking=tracking,
+            val_every=val_every,
             every_n_steps=every_n_steps, early_stopping=early_stopping, ema=ema,
             resume=str(cfg["resume"]) if cfg.get("resume") else None, dataset=dataset, model=model,
             augment=augment, config=cfg, explicit_keys=frozenset(explicit_keys))
