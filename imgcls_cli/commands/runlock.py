@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls_cli.errors import UserError
+from imgcls_cli.paths import another_commands_folder
 
 T = TypeVar("T")
 
@@ -68,23 +69,12 @@ def unique_dir(base: str) -> str:
     base = str(base)
     if any(arg.split("=", 1)[0] in PRINT_ONLY for arg in sys.argv[1:]):  # --cfg, --help, --info: no run starts
         return base
-    if _another_commands(base):
+    if another_commands_folder(base):  # lr_find.yaml merges train.yaml, whose folder Hydra resolves
         return base
     key = (os.getcwd(), base)
     if key not in _claimed:
         _claimed[key] = claim(base)
     return _claimed[key]
-
-
-def _another_commands(base: str) -> bool:
-    """Whether base is another command's default folder (outputs/train/... while `imgcls lr_find` runs): a config
-    that includes another command's (lr_find.yaml includes train.yaml) has that one's run directory resolved while
-    Hydra merges them, before its own replaces it. The CLI names the running app `imgcls-<command>`."""
-    app = Path(sys.argv[0]).name
-    parts = Path(base).parts
-    if not app.startswith("imgcls-") or len(parts) < 2 or parts[0] != "outputs":
-        return False
-    return not parts[1].startswith(app.removeprefix("imgcls-"))
 
 
 OmegaConf.register_new_resolver("imgcls.unique", unique_dir, use_cache=True, replace=True)
