@@ -23,6 +23,7 @@ COMMANDS = {
     "predict": "predict image files: imgcls predict checkpoint=PATH inputs=FILE|FOLDER|GLOB",
     "export": "a checkpoint as ONNX or .pt2, verified: imgcls export checkpoint=PATH format=onnx|torch_export|all",
     "explain": "heat maps of the evidence: imgcls explain checkpoint=PATH inputs=FILE|FOLDER|GLOB [target=...]",
+    "lr_find": "the learning-rate range test; prints a suggested optimizer.lr: imgcls lr_find [train's groups/keys]",
     "report": "write a run's report.html again: imgcls report RUN_OR_SWEEP_DIR",
     "list": "list what a registry holds: imgcls list [models|datasets|augments|optimizers|schedules]",
 }
@@ -39,6 +40,7 @@ examples:
   imgcls predict checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
   imgcls export checkpoint=outputs/train/<run>/checkpoints/best.pt format=onnx
   imgcls explain checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
+  imgcls lr_find model=resnet optimizer=sgd      # a suggested optimizer.lr for this model and data
   imgcls report outputs/train/<run>              # its report.html, written again
   imgcls train --help                            # config groups, options and keys
 """

@@ -126,12 +126,12 @@ def format_macs(macs: float) -> str:
 
 
 def _variable_note(name: str) -> str | None:
-    """A note for a model whose architecture is itself a setting, so that no single row describes it."""
-    if name != "tv":
-        return None
-    from imgcls_cli.models.torchvision_models import arches
+    """A note for a model whose architecture is itself a setting, so that no single row describes it: the builder
+    states it with an attribute, `builder.arch_note = lambda: "any of N models: model.arch=NAME"`."""
+    from imgcls_cli.models import MODELS
 
-    return f"any of {len(arches())} torchvision models: model.arch=NAME (listed below), model.weights=DEFAULT"
+    note = getattr(MODELS.get(name), "arch_note", None)
+    return note() if note is not None else None
 
 
 def _model_rows(presets: Sequence[ModelPreset]) -> list[list[object]]:
@@ -156,13 +156,15 @@ def _model_rows(presets: Sequence[ModelPreset]) -> list[list[object]]:
 
 
 def _arch_footer(presets: Sequence[ModelPreset]) -> str | None:
+    """The architecture names of the listed models that list theirs (`builder.arch_choices = lambda: [...]`)."""
     from imgcls_cli.models import MODELS
 
-    if not any(p.name == "tv" for p in presets) or "tv" not in MODELS:
-        return None
-    from imgcls_cli.models.torchvision_models import arches
-
-    return "tv model.arch choices: " + ", ".join(arches())
+    lines = []
+    for name in dict.fromkeys(p.name for p in presets if p.name in MODELS):
+        choices = getattr(MODELS.get(name), "arch_choices", None)
+        if choices is not None:
+            lines.append(f"{name} model.arch choices: " + ", ".join(choices()))
+    return "\n".join(lines) or None
 
 
 class _Parser(argparse.ArgumentParser):

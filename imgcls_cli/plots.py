@@ -191,6 +191,26 @@ def plot_lr(lrs_per_step: Sequence[float], iters_per_epoch: int, path: Path) -> 
     save_figure(fig, path)
 
 
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: int | None,
+                 path: Path) -> None:
+    """The range test's loss against the lr (log axis): each step's loss, the smoothed loss, the suggested lr."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(lrs, losses, color="0.75", linewidth=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
+    if suggestion is not None:
+        ax.plot([lrs[suggestion]], [smoothed[suggestion]], "o", color="C3",
+                label=f"suggested lr {lrs[suggestion]:.3g} (steepest descent)")
+    ax.set_xscale("log")
+    if len(smoothed):  # the diverging tail would squash the curve
+        ax.set_ylim(min(min(losses), min(smoothed)) * 0.95, max(smoothed[0], min(smoothed)) * 1.5)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("Learning-rate range test")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
 def reliability_figure(counts: np.ndarray, accuracy: np.ndarray, confidence: np.ndarray, ece: float) -> Figure:
     """A reliability diagram: per confidence bin, accuracy as a bar and mean confidence as a marker on the same
     scale, joined by the gap ECE averages; below, the number of samples in each bin.

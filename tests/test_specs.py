@@ -170,7 +170,8 @@ REFUSED = [
      "finetune.unfreeze_epoch needs finetune.freeze=encoder (there is nothing to unfreeze)."),
     (["finetune.encoder_lr_mult=-1"], "finetune.encoder_lr_mult must be >= 0, not -1.0."),
     (["finetune.l2sp=0.1"], "finetune.freeze=encoder and finetune.l2sp need pretrained weights to start from: "
-                            "init=PATH (an imgcls checkpoint) or model=tv model.weights=DEFAULT."),
+                            "init=PATH (an imgcls checkpoint), model=tv model.weights=DEFAULT or "
+                            "model=timm model.pretrained=true."),
     (["domain.target=nowhere"], "domain.target must be a dataset option (cifar10, cifar100, csv, digits, "
                                 "digits_inverted, fashion_mnist, fashion_mnist_noisy, fashion_mnist_rotated, "
                                 "imagefolder, mnist, synthetic), not 'nowhere'."),

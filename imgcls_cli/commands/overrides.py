@@ -30,8 +30,9 @@ FREE_KEYS = {
                "applied to the checkpoint's own dataset",
     "augment": "augment.<op> and augment.<op>.<param> for any registered op (imgcls list augments) and its "
                "parameters, so that ops can be added to a preset",
-    "model": "model=tv: torchvision's own keyword arguments, checked by torchvision when the model is built",
+    "model": "model=tv and model=timm: the library's own keyword arguments, checked by it when the model is built",
 }
+LIBRARY_MODELS = ("tv", "timm")  # models whose builder hands model.* keys to its library (torchvision, timm)
 _UNKNOWN = re.compile(r"Could not override '([^']+)'|Could not delete from config\. '([^']+)' does not exist")
 
 
@@ -282,7 +283,7 @@ class _Composer:
         group, _, rest = key.partition(".")
         if not rest or group not in FREE_KEYS:
             return False
-        if group == "model" and OmegaConf.select(config.cfg, "model.name", default=None) == "tv":
+        if group == "model" and OmegaConf.select(config.cfg, "model.name", default=None) in LIBRARY_MODELS:
             return True
         allowed = self._free_keys(config, group)
         if group == "dataset":  # dataset.mean.0 is inside dataset.mean

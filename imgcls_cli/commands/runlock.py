@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls_cli.errors import UserError
+from imgcls_cli.paths import another_commands_folder
 
 T = TypeVar("T")
 
@@ -67,6 +68,8 @@ def unique_dir(base: str) -> str:
     the same however often it is resolved)."""
     base = str(base)
     if any(arg.split("=", 1)[0] in PRINT_ONLY for arg in sys.argv[1:]):  # --cfg, --help, --info: no run starts
+        return base
+    if another_commands_folder(base):  # lr_find.yaml merges train.yaml, whose folder Hydra resolves
         return base
     key = (os.getcwd(), base)
     if key not in _claimed:

@@ -53,6 +53,21 @@ def decode_image(path: str | Path, channels: int, size: int | tuple[int, int] | 
     return _to_channels_first(image, channels)
 
 
+def convert_array(image: np.ndarray, channels: int, size: int | tuple[int, int] | None) -> np.ndarray:
+    """An image in memory, RGB(A) (H, W, 3|4) or gray (H, W), uint8, uint16 or float, to what decode_image gives for
+    a file holding it: uint8 (channels, H, W), resized to `size`."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = _drop_alpha(np.asarray(image))
+    if image.ndim == 3:
+        image = image[:, :, ::-1]  # OpenCV's BGR, as a decoded file is
+    image = _to_uint8(image)
+    target = _target_size(size)
+    if target is not None:
+        image = _resize(np.ascontiguousarray(image), *target)
+    return _to_channels_first(image, channels)
+
+
 def list_images(root: str | Path) -> list[Path]:
     """All image files under `root` (recursively, sorted), skipping hidden files and folders."""
     root = Path(root)

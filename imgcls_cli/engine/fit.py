@@ -101,7 +101,7 @@ def train_one_epoch(
     start = time.perf_counter()
 
     def take_step(done: int) -> int:
-        _optimizer_step(model, optimizer, scaler, options.grad_clip_norm)
+        optimizer_step(model, optimizer, scaler, options.grad_clip_norm)
         scheduler.step()
         if after_step is not None:
             after_step(totals.read)
@@ -109,7 +109,7 @@ def train_one_epoch(
 
     optimizer.zero_grad(set_to_none=True)
     for x, y in loader:
-        logits, y, loss, total, soft = _forward(model, x, y, loss_fn, amp, mix, options)
+        logits, y, loss, total, soft = forward_batch(model, x, y, loss_fn, amp, mix, options)
         finite = torch.isfinite(total.detach())
         if options.on_nan == "skip_batch" and not bool(finite):
             skipped += 1
@@ -132,7 +132,7 @@ def train_one_epoch(
     return totals.result(running.seen, seconds, skipped, options.distill is not None)
 
 
-def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, amp: Any,
+def forward_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, amp: Any,
              mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
              options: StepOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                             torch.Tensor | None]:
@@ -204,7 +204,7 @@ class _Totals:
                            seconds, skipped, distill)
 
 
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                     clip: float | None) -> None:
     if scaler is not None:
         if clip:

@@ -3,7 +3,7 @@ imports them all, so `from imgcls_cli.models import create_model` can build any 
 from __future__ import annotations
 
 from imgcls_cli.models import (  # noqa: F401  (importing the family modules registers their builders)
-    alexnet, densenet, efficientnet, lenet, resnet, resnet9, simple_cnn, torchvision_models, vgg,
+    alexnet, densenet, efficientnet, lenet, resnet, resnet9, simple_cnn, timm_models, torchvision_models, vgg,
 )
 from imgcls_cli.models._api import (
     MAX_PARAMETERS, MODELS, cam_layer, create_model, input_size, list_models, normalization,

@@ -77,7 +77,7 @@ def _cache_file(entry: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(entry.url).path).name
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(getattr(exc, "reason", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -93,12 +93,12 @@ def _pretrained(arch: str, entry: WeightsEnum, kwargs: dict[str, Any], asked: st
         if not cached.is_file():
             raise UserError(
                 f"{setting}: {cached.name} is not in torchvision's cache {cached.parent} "
-                f"and could not be downloaded ({_one_line(exc)}); download {entry.url} into {cached.parent}, "
+                f"and could not be downloaded ({one_line(exc)}); download {entry.url} into {cached.parent}, "
                 "or use model.weights=null to start from random weights.") from None
         if "state_dict" in str(exc):  # the file is fine, the architecture was changed by a model.* setting
             raise UserError(f"{setting} does not fit the model built with "
-                            f"{', '.join(f'model.{k}' for k in kwargs)}: {_one_line(exc)}") from None
-        raise UserError(f"{setting}: {cached} could not be read ({_one_line(exc)}); "
+                            f"{', '.join(f'model.{k}' for k in kwargs)}: {one_line(exc)}") from None
+        raise UserError(f"{setting}: {cached} could not be read ({one_line(exc)}); "
                         "delete it to download it again, or use model.weights=null.") from None
 
 
@@ -138,14 +138,14 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     setattr(model.get_submodule(parent_path), attr, new)
 
 
-def _check_runs_at(model: nn.Module, arch: str, in_channels: int, image_size: int) -> None:
+def check_runs_at(model: nn.Module, arch: str, in_channels: int, image_size: int) -> None:
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
             model(torch.zeros(1, in_channels, image_size, image_size))
     except (RuntimeError, ValueError, AssertionError) as exc:
-        raise UserError(f"model.arch={arch} cannot run on {image_size}x{image_size} images ({_one_line(exc)}); "
+        raise UserError(f"model.arch={arch} cannot run on {image_size}x{image_size} images ({one_line(exc)}); "
                         "use dataset.image_size=224.") from None
     finally:
         model.train(training)
@@ -206,7 +206,7 @@ def _build(*, num_classes: int, in_channels: int, image_size: int, arch: str, we
     if in_channels != 3:
         _adapt_first_conv(model, in_channels)
     if image_size < DRY_RUN_BELOW:
-        _check_runs_at(model, arch, in_channels, image_size)
+        check_runs_at(model, arch, in_channels, image_size)
     return model
 
 
@@ -273,3 +273,6 @@ tv.input_size = _input_size
 tv.normalization = _normalization
 tv.for_checkpoint = _for_checkpoint
 tv.cam_layer = cam_layer
+tv.arch_note = lambda: (f"any of {len(arches())} torchvision models: model.arch=NAME (listed below), "
+                        "model.weights=DEFAULT")
+tv.arch_choices = arches

@@ -87,9 +87,11 @@ class TrainSpec:
         distill = DistillSpec.parse(cfg.get("distill"))
         finetune = FinetuneSpec.parse(cfg.get("finetune"))
         domain = _domain(cfg.get("domain"), dataset_configs or {})
-        if finetune.needs_pretrained and not cfg.get("init") and not cfg["model"].get("weights"):
+        if finetune.needs_pretrained and not cfg.get("init") and not cfg["model"].get("weights") \
+                and not cfg["model"].get("pretrained"):
             raise UserError("finetune.freeze=encoder and finetune.l2sp need pretrained weights to start from: "
-                            "init=PATH (an imgcls checkpoint) or model=tv model.weights=DEFAULT.")
+                            "init=PATH (an imgcls checkpoint), model=tv model.weights=DEFAULT or model=timm "
+                            "model.pretrained=true.")
         smoothing = as_float(cfg.get("label_smoothing", 0.0), "label_smoothing")
         if not 0.0 <= smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), not {smoothing}.")
