@@ -23,6 +23,7 @@ COMMANDS = {
     "predict": "predict image files: imgcls predict checkpoint=PATH inputs=FILE|FOLDER|GLOB",
     "export": "a checkpoint as ONNX or .pt2, verified: imgcls export checkpoint=PATH format=onnx|torch_export|all",
     "explain": "heat maps of the evidence: imgcls explain checkpoint=PATH inputs=FILE|FOLDER|GLOB [target=...]",
+    "check": "a dataset's duplicates, leakage, unreadable files and label errors: imgcls check dataset=... [labels=true]",
     "report": "write a run's report.html again: imgcls report RUN_OR_SWEEP_DIR",
     "list": "list what a registry holds: imgcls list [models|datasets|augments|optimizers|schedules]",
 }
@@ -39,6 +40,7 @@ examples:
   imgcls predict checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
   imgcls export checkpoint=outputs/train/<run>/checkpoints/best.pt format=onnx
   imgcls explain checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
+  imgcls check dataset=imagefolder dataset.root=photos/ labels=true
   imgcls report outputs/train/<run>              # its report.html, written again
   imgcls train --help                            # config groups, options and keys
 """
