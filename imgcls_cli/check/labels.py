@@ -41,12 +41,12 @@ def label_issue_rows(spec: CheckSpec, items: Listing, run_dir: Path, command: st
     save_oof(run_dir, probs, key, ids, spec)
     scored = ~np.isnan(probs).any(axis=1)
     flagged, quality = rank_label_issues(labels[scored], probs[scored])
-    positions = pool[scored]
+    positions, probs = pool[scored], probs[scored]
     log.info(f"labels: {len(flagged)} likely label errors among {len(positions)} images (cleanlab)")
     rows = []
     for rank in flagged:
         p = int(positions[rank])
-        suggested = items.classes[int(np.argmax(probs[scored][rank]))]
+        suggested = items.classes[int(np.argmax(probs[rank]))]
         rows.append({"kind": "label_issue", items.id_column: items.ids[p], "split": items.splits[p],
                      "class": items.classes[int(items.labels[p])], "suggested": suggested,
                      "score": round(float(quality[rank]), 6), "position": p})

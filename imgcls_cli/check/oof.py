@@ -29,7 +29,8 @@ RECIPE_KEYS = ("model", "optimizer", "schedule", "augment", "epochs", "batch_siz
 def check_folds(labels: np.ndarray, folds: int, classes: list[str]) -> None:
     """Every class needs an image in every fold: a class with fewer images than folds is a one-line error."""
     counts = np.bincount(labels, minlength=len(classes))
-    if (small := int(np.argmin(counts))) is not None and counts[small] < folds:
+    small = int(np.argmin(counts))
+    if counts[small] < folds:
         raise UserError(f"labels=true with check.folds={folds} needs at least {folds} images of every class, but "
                         f"class '{classes[small]}' has {int(counts[small])}; lower check.folds (at least 2) or add "
                         "images of it.")
