@@ -277,6 +277,20 @@ def png_shape(path: Path) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------------------------- image folders
+def compose_plain(config: str, *overrides: str) -> dict:
+    """conf/<config>.yaml with overrides, as a plain dict (not resolved; without the hydra node)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from imgcls_cli.paths import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config, overrides=list(overrides))
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    return plain
+
+
 def write_png(path: Path, chw_uint8) -> Path:
     """Write a uint8 (C, H, W) RGB or grayscale image as a PNG (lossless) with OpenCV."""
     import cv2

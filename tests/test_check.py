@@ -12,31 +12,18 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import write_png
+from conftest import compose_plain, write_png
 from imgcls_cli.errors import UserError
 
 pytest.importorskip("imagehash")
 pytest.importorskip("cleanlab")
 
 
-def compose_check(*overrides: str) -> dict:
-    """conf/check.yaml with overrides, as a plain dict."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from imgcls_cli.paths import CONF_DIR
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("check", overrides=list(overrides))
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    plain.pop("hydra", None)
-    return plain
-
-
 def check_spec(*overrides: str):
+    """The CheckSpec of conf/check.yaml with overrides, as `imgcls check` parses it."""
     from imgcls_cli.specs.check import CheckSpec
 
-    return CheckSpec.parse(compose_check(*overrides))
+    return CheckSpec.parse(compose_plain("check", *overrides))
 
 
 def run(run_dir: Path, *overrides: str) -> dict:
