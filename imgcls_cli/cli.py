@@ -24,6 +24,7 @@ COMMANDS = {
     "export": "a checkpoint as ONNX or .pt2, verified: imgcls export checkpoint=PATH format=onnx|torch_export|all",
     "explain": "heat maps of the evidence: imgcls explain checkpoint=PATH inputs=FILE|FOLDER|GLOB [target=...]",
     "lr_find": "the learning-rate range test; prints a suggested optimizer.lr: imgcls lr_find [train's groups/keys]",
+    "check": "a dataset's duplicates, leakage, unreadable files and label errors: imgcls check dataset=... [labels=true]",
     "report": "write a run's report.html again: imgcls report RUN_OR_SWEEP_DIR",
     "list": "list what a registry holds: imgcls list [models|datasets|augments|optimizers|schedules]",
 }
@@ -41,6 +42,7 @@ examples:
   imgcls export checkpoint=outputs/train/<run>/checkpoints/best.pt format=onnx
   imgcls explain checkpoint=outputs/train/<run>/checkpoints/best.pt inputs=photos/
   imgcls lr_find model=resnet optimizer=sgd      # a suggested optimizer.lr for this model and data
+  imgcls check dataset=imagefolder dataset.root=photos/ labels=true
   imgcls report outputs/train/<run>              # its report.html, written again
   imgcls train --help                            # config groups, options and keys
 """

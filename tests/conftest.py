@@ -68,7 +68,7 @@ COSTLIEST_FIRST = [
     "test_resume.py", "test_tracking.py", "test_timm.py", "test_api.py", "test_lr_find.py", "test_export_runtime.py",
     "test_explain.py", "test_benchmark_runner.py",
     "test_trust_rundirs.py", "test_launchers.py", "test_transfer.py", "test_trust_training.py", "test_training.py",
-    "test_trust_files.py", "test_docs.py", "test_report_cli.py", "test_report_browser.py",
+    "test_trust_files.py", "test_docs.py", "test_check.py", "test_report_cli.py", "test_report_browser.py",
     "test_tv_and_listing.py", "test_trust_eval.py", "test_eval_ensemble.py",
     "test_packaging.py", "test_recipes.py", "test_shifted.py", "test_distill.py", "test_trust_data.py",
     "test_trust_config.py", "test_specs.py",
@@ -278,6 +278,20 @@ def png_shape(path: Path) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------------------------- image folders
+def compose_plain(config: str, *overrides: str) -> dict:
+    """conf/<config>.yaml with overrides, as a plain dict (not resolved; without the hydra node)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from imgcls_cli.paths import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config, overrides=list(overrides))
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    return plain
+
+
 def write_png(path: Path, chw_uint8) -> Path:
     """Write a uint8 (C, H, W) RGB or grayscale image as a PNG (lossless) with OpenCV."""
     import cv2

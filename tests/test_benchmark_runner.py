@@ -39,7 +39,8 @@ def test_every_benchmark_the_runner_names_exists():
     covered = {full[0] for full, _ in runner.BENCHMARKS.values()}
     # the measurements behind single docs sections (CPU formats, transfer, domain adaptation, the GPU path) run on
     # their own, and so does the bitwise baseline (a check of results, not a speed)
-    assert scripts - covered <= {"cpu_formats.py", "transfer.py", "domain.py", "gpu.py", "bitwise_baseline.py"}
+    assert scripts - covered <= {"cpu_formats.py", "transfer.py", "domain.py", "gpu.py", "bitwise_baseline.py",
+                                  "check.py"}
 
 
 def test_the_readme_gets_the_tables_between_its_markers_and_nothing_else_changes():

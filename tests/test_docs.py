@@ -392,7 +392,7 @@ def test_the_configuration_reference_names_every_option_and_key_of_conf() -> Non
             for key in _leaf_keys(config):
                 if f"{prefix}{key}" not in named:
                     missing.append(f"{group}={option.stem}: {prefix}{key}")
-    for command in ("train", "eval", "predict", "export", "explain", "lr_find"):
+    for command in ("train", "eval", "predict", "export", "explain", "lr_find", "check"):
         config = yaml.safe_load((CONF / f"{command}.yaml").read_text())
         named = _documented(sections[f"imgcls {command} keys"])
         leaves = _leaf_keys({k: v for k, v in config.items() if k not in ("defaults", "hydra")})
@@ -488,7 +488,7 @@ def _same(shown: str, value: object) -> bool:
 def test_the_defaults_the_configuration_reference_shows_are_those_of_conf() -> None:
     sections = _sections((DOCS / "configuration.md").read_text())
     wrong = []
-    for command in ("train", "eval", "predict", "export", "explain", "lr_find"):
+    for command in ("train", "eval", "predict", "export", "explain", "lr_find", "check"):
         config = yaml.safe_load((CONF / f"{command}.yaml").read_text())
         for key, shown in re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", sections[f"imgcls {command} keys"], re.M):
             if not _same(shown, _value(config, key)):

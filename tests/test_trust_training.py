@@ -15,23 +15,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from conftest import (TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli,
+from conftest import (TINY, assert_ok, assert_user_error, compose_plain, read_csv, read_json, run_cli,
                       run_in_one_process)
 from imgcls_cli.errors import UserError
 
 
 def compose_train(*overrides: str) -> dict:
     """conf/train.yaml with overrides, as a plain dict."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from imgcls_cli.paths import CONF_DIR
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    plain.pop("hydra", None)
-    return plain
+    return compose_plain("train", *overrides)
 
 
 def train_spec(*overrides: str) -> Any:

@@ -66,6 +66,19 @@ def convert_array(image: np.ndarray, channels: int, size: int | tuple[int, int] 
     if target is not None:
         image = _resize(np.ascontiguousarray(image), *target)
     return _to_channels_first(image, channels)
+def decode_raw(path: str | Path) -> np.ndarray:
+    """A file's pixels as OpenCV decodes them, checked as decode_image checks them: gray (H, W) or BGR(A) (H, W, C),
+    8- or 16-bit or float (imgcls check reports the mode, then hashes canonical_pixels of it)."""
+    return _decode_buffer(_read_bytes(Path(path)))
+
+
+def canonical_pixels(image: np.ndarray) -> np.ndarray:
+    """uint8 gray (H, W) or BGR (H, W, 3) as decode_image sees a decoded image before resizing: alpha dropped,
+    16-bit and float scaled to 8 bits, and a colour image whose channels are equal made gray."""
+    image = _to_uint8(_drop_alpha(image))
+    if image.ndim == 3 and (image[:, :, 0] == image[:, :, 1]).all() and (image[:, :, 1] == image[:, :, 2]).all():
+        return np.ascontiguousarray(image[:, :, 0])
+    return np.ascontiguousarray(image)
 
 
 def list_images(root: str | Path) -> list[Path]:

@@ -224,8 +224,9 @@ def environment(record: RunRecord) -> str:
     return section("environment", "Environment", key_values(rows), f"From {source}.")
 
 
-def menu(present: list[str]) -> str:
-    names = {"curves": "Curves", "metrics": "Metrics", "per-class": "Per class", "calibration": "Calibration",
-             "confusion": "Confusion matrix", "explanations": "Explanations", "skipped": "Skipped files",
-             "config": "Config", "environment": "Environment"}
+def menu(present: list[str], names: dict[str, str] | None = None) -> str:
+    """Links to the sections present, in the order of `names` (default: a run report's sections)."""
+    names = names or {"curves": "Curves", "metrics": "Metrics", "per-class": "Per class",
+                      "calibration": "Calibration", "confusion": "Confusion matrix", "explanations": "Explanations",
+                      "skipped": "Skipped files", "config": "Config", "environment": "Environment"}
     return "<nav>" + "".join(f'<a href="#{a}">{esc(names[a])}</a>' for a in names if a in present) + "</nav>"
