@@ -17,7 +17,9 @@ TWO_EPOCHS = ["dataset=digits", "epochs=2", "batch_size=32"]
 def found(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("lr_find")
     return run_in_one_process({
-        "find": (["lr_find", "dataset=digits"], base),
+        # Up to lr 1000: with Adam and batch norm the loss at lr 10 hovers near chance's (about 3x its lowest,
+        # how far depends on the floats of the machine); far beyond it, it diverges on every machine.
+        "find": (["lr_find", "dataset=digits", "lr_find.max_lr=1000"], base),
         "range": (["lr_find", "lr_find.min_lr=1", "lr_find.max_lr=0.1"], base / "mistakes"),
         "init": (["lr_find", "init=best.pt"], base / "mistakes"),
         "cfg": (["lr_find", "model=resnet", "optimizer=sgd", "--cfg", "job"], base / "mistakes"),
@@ -46,7 +48,7 @@ def test_lr_find_writes_its_csv_plot_and_suggestion_in_its_own_run_dir(found):
     rows = read_csv(run_dir / "lr_find.csv")
     lrs = np.array([float(r["lr"]) for r in rows])
     assert lrs[0] == pytest.approx(1e-7)
-    np.testing.assert_allclose(lrs[1:] / lrs[:-1], (10 / 1e-7) ** (1 / 99), rtol=1e-4)  # exponential, 100 steps
+    np.testing.assert_allclose(lrs[1:] / lrs[:-1], (1000 / 1e-7) ** (1 / 99), rtol=1e-4)  # exponential, 100 steps
     summary = read_json(run_dir / "lr_find.json")
     assert summary["diverged"] and len(rows) < 100  # stopped once the loss diverged
     smoothed = [float(r["smoothed_loss"]) for r in rows]
