@@ -246,3 +246,10 @@ def git_commit() -> str | None:
         return None
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
+
+def run_status(run_dir: Path) -> str | None:
+    """summary.json's status, None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None

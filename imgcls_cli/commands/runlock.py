@@ -16,7 +16,6 @@ import atexit
 import errno
 import fcntl
 import glob
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgcls_cli.errors import UserError
 from imgcls_cli.paths import another_commands_folder
+from imgcls_cli.rundir import run_status
 
 T = TypeVar("T")
 
@@ -164,14 +164,6 @@ def release_all() -> None:
 
 
 # ------------------------------------------------------------------------------------------- what a directory holds
-def run_status(run_dir: Path) -> str | None:
-    """summary.json's status, None when there is none (or it cannot be read)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def previous_run(run_dir: Path) -> str | None:
     """What shows that run_dir holds a run that ended (None when nothing does): a final summary.json status,
     checkpoints, or the results of an eval, predict, export or explain run."""

@@ -5,7 +5,6 @@ before the first epoch), state.py (TrainState: what a run carries and its checkp
 resume.py (which runs can be continued), build.py (model, loss, loaders), fit.py (one epoch's steps)."""
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -29,7 +28,7 @@ from imgcls_cli.errors import DivergedError
 from imgcls_cli.plots import plot_curves
 from imgcls_cli.report.page import write_report_safely
 from imgcls_cli.report.thumbs import split_images
-from imgcls_cli.rundir import git_commit
+from imgcls_cli.rundir import git_commit, run_status
 from imgcls_cli.specs.train import TrainSpec
 from imgcls_cli.tracking.api import Tracking
 from imgcls_cli.tracking.base import RunInfo
@@ -77,7 +76,7 @@ def run_training(spec: TrainSpec, run_dir: str | Path, *, init: dict[str, Any] |
         _end(run, "diverged", error=str(exc))
         raise
     except ResumeRefused:  # the run to continue is left as it was
-        run.tracking.end(_status_on_disk(run.run_dir), run.summary)
+        run.tracking.end(str(run_status(run.run_dir) or "failed"), run.summary)
         raise
     except BaseException as exc:
         _end(run, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -99,13 +98,6 @@ def open_tracking(spec: TrainSpec, run: Run, command: str | None) -> Tracking:
     info = RunInfo(run.run_dir, cfg, command, spec.resume is not None, spec.model.name,
                    str(cfg["dataset"].get("name")), tuple(sorted(spec.explicit_keys)), spec.tracking, git_commit())
     return Tracking.open(info)
-
-
-def _status_on_disk(run_dir: Path) -> str:
-    try:
-        return str(json.loads((run_dir / "summary.json").read_text()).get("status") or "failed")
-    except (OSError, ValueError):
-        return "failed"
 
 
 def _end(run: Run, status: str, **extra: Any) -> None:
