@@ -110,6 +110,22 @@ def test_gradients_are_finite_at_extreme_logits(loss_fn, autocast):
     assert logits.grad[0, 1] < -0.2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_losses_under_cuda_autocast_equal_their_fp32_value(dtype):
+    logits, targets = _case(4, soft=True)
+    logits, targets = logits.cuda(), targets.cuda()
+    for loss_fn in (MultilabelBCE(), AsymmetricLoss(gamma_pos=1.0)):
+        exact = loss_fn(logits, targets)
+        inputs = logits.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=dtype):
+            loss = loss_fn(inputs.to(dtype), targets)
+        loss.backward()
+        # the logits are rounded to 16 bits once; everything after is fp32
+        assert loss.dtype == torch.float32 and loss.item() == pytest.approx(exact.item(), rel=2e-2)
+        assert torch.isfinite(inputs.grad).all()
+
+
 def test_pos_weight_from_counts_negatives_per_positive():
     targets = np.zeros((300, 4))
     targets[:60, 0] = 1  # 240 / 60 = 4

@@ -226,6 +226,8 @@ def test_check_thresholds_accepts_one_number_or_one_per_label():
     assert check_thresholds(0.5, 3).tolist() == [0.5, 0.5, 0.5]
     assert check_thresholds([0.2, 0.5, 0.9], 3).tolist() == [0.2, 0.5, 0.9]
     assert check_thresholds((0.2, np.float32(0.25)), 2).dtype == np.float64
+    assert check_thresholds(np.array(0.3), 2).tolist() == [0.3, 0.3]
+    assert check_thresholds(np.array([0.3, 0.4]), 2).tolist() == [0.3, 0.4]
 
 
 @pytest.mark.parametrize("value, mention", [
@@ -266,7 +268,7 @@ def test_ap_bars_are_sorted_with_the_macro_map_line():
     assert names[0] == max((r for r in rows if r["label"] != "label 0"), key=lambda r: r["ap"])["label"]
     (line,) = [l for l in ax.get_lines() if l.get_label().startswith("macro mAP")]
     assert line.get_xdata()[0] == pytest.approx(multilabel_metrics(probs, targets, 0.5)["map_macro"])
-    assert "1 without positives" in ax.get_title()
+    assert "1 without positives" in ax.get_title() and f"macro mAP = {line.get_xdata()[0]:.4f}" in ax.get_title()
 
 
 def test_confusion_grid_has_a_panel_of_counts_per_label():

@@ -206,6 +206,8 @@ def check_thresholds(value: object, num_labels: int) -> np.ndarray:
     def valid(v: object) -> bool:
         return isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.0 < float(v) < 1.0
 
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if not valid(value):
             raise UserError(f"threshold must be a number in (0, 1), not {shown(value)}.")

@@ -35,7 +35,6 @@ def ap_bars_figure(rows: Sequence[Mapping[str, object]]) -> Figure:
     unscored = len(rows) - len(scored)
     title = f"Average precision per label ({len(scored)} labels"
     title += f"; {unscored} without positives not shown)" if unscored else ")"
-    ax.set_title(title)
     if scored:
         names, values = zip(*scored)
         positions = np.arange(len(scored))
@@ -43,11 +42,14 @@ def ap_bars_figure(rows: Sequence[Mapping[str, object]]) -> Figure:
         ax.set_yticks(positions, labels=[shorten(n, NAME_CHARS) for n in names],
                       fontsize=float(np.clip(11 - len(scored) / 10, 6, 9)))
         ax.invert_yaxis()
-        for y, v in zip(positions, values):
-            ax.text(min(v, 0.88) + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
+        for y, v in zip(positions, values):  # inside a long bar, in white; after a short one
+            inside = v > 0.88
+            ax.text(v - 0.01 if inside else v + 0.01, y, f"{v:.3f}", va="center", ha="right" if inside else "left",
+                    fontsize=7, color="white" if inside else "black")
         mean = float(np.mean(values))
         ax.axvline(mean, color="tab:red", linestyle="--", label=f"macro mAP = {mean:.4f}")
-        ax.legend(loc="lower left", fontsize=8)
+        title += f"\ndashed line: macro mAP = {mean:.4f}"
+    ax.set_title(title)
     ax.set_xlim(0, 1)
     ax.set_xlabel("average precision")
     ax.grid(True, axis="x", alpha=0.3)
@@ -116,7 +118,7 @@ def pr_curves_figure(probs: np.ndarray, targets: np.ndarray, classes: Sequence[s
             hits = int((predicted & (targets[:, c] == 1)).sum())
             point_precision = hits / predicted.sum() if predicted.any() else 0.0
             ax.plot([hits / targets[:, c].sum()], [point_precision], marker="o", markersize=7, linestyle="none",
-                    color=color, markeredgecolor="black")
+                    color=color, markeredgecolor="black", clip_on=False)
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("recall")
