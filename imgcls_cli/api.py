@@ -58,10 +58,17 @@ class Model:
         memory = torch.channels_last if self._channels_last else torch.contiguous_format
         batches = ((spec.normalize(torch.from_numpy(np.stack(good[i:i + batch_size])).to(self.device))
                     .contiguous(memory_format=memory), None) for i in range(0, len(good), batch_size))
-        probs = predict(self._model, batches, self._amp).outputs.numpy() if good else \
-            np.zeros((0, len(self.classes)), np.float32)
-        rows, _ = prediction_rows(probs, self.classes, names, "input", topk, errors=errors)
-        return [_entry(row, topk) for row in rows]
+        multilabel = self.checkpoint.get("task") == "multilabel"
+        probs = predict(self._model, batches, self._amp, activation="sigmoid" if multilabel else "softmax"
+                        ).outputs.numpy() if good else np.zeros((0, len(self.classes)), np.float32)
+        if multilabel:
+            from imgcls_cli.engine.labelsets import prediction_rows as label_set_rows
+
+            rows, _ = label_set_rows(probs, self.classes, self.checkpoint["thresholds"], names, "input", topk,
+                                     errors=errors)
+        else:
+            rows, _ = prediction_rows(probs, self.classes, names, "input", topk, errors=errors)
+        return [_entry(row, topk, multilabel) for row in rows]
 
 
 def load_model(path: str | Path, device: str = "auto", precision: str = "auto") -> Model:
@@ -108,11 +115,16 @@ def _as_array(item: Any, index: int) -> np.ndarray:
     return array
 
 
-def _entry(row: dict[str, Any], topk: int) -> dict[str, Any]:
+def _entry(row: dict[str, Any], topk: int, multilabel: bool = False) -> dict[str, Any]:
+    """A multiclass model's entry: the top label and its probability. A multilabel model's: "labels" (each label at
+    or above its threshold, with its probability), and "label" (those joined by '|')."""
     from imgcls_cli.engine.predict import prediction_json
 
-    entry = prediction_json({**row, "path": row["input"]}, topk)
+    entry = prediction_json({**row, "path": row["input"]}, topk, multilabel)
     top = entry["topk"]
+    if multilabel:
+        return {"input": row["input"], "label": None if entry["error"] else row["label"],
+                "labels": entry["labels"], "topk": top, "error": entry["error"]}
     return {"input": row["input"], "label": top[0]["label"] if top else None,
             "probability": top[0]["probability"] if top else None, "topk": top, "error": entry["error"]}
 

@@ -197,6 +197,16 @@ def check_fields(ckpt: dict[str, Any]) -> None:
             raise Damaged(f"{key} must be a mapping, not {_show(ckpt[key])}")
     if ckpt.get("task") is not None and ckpt["task"] not in TASKS:
         raise Damaged(f"task must be one of {', '.join(TASKS)}, not {_show(ckpt['task'])}")
+    if ckpt.get("task") == "multilabel":
+        _check_thresholds(ckpt.get("thresholds"), len(classes))
+
+
+def _check_thresholds(thresholds: Any, labels: int) -> None:
+    """A multilabel checkpoint's thresholds: one probability in (0, 1) per label."""
+    if not isinstance(thresholds, (list, tuple)) or len(thresholds) != labels or not all(
+            _real(t) and 0.0 < float(t) < 1.0 for t in thresholds):
+        raise Damaged(f"thresholds must list {labels} probabilities in (0, 1), one per label, not "
+                      f"{_show(thresholds)}")
 
 
 def check_kwargs(name: str, kwargs: Any, classes: list[str], channels: int) -> None:

@@ -169,6 +169,8 @@ def _preview_title(target: np.ndarray, classes: Sequence[str]) -> str:
     """The class name of a hard label; the top two classes with their weights for a soft target."""
     if target.ndim == 0:
         return str(classes[int(target)])
+    if np.isin(target, (0.0, 1.0)).all() and target.sum() != 1:  # a multi-label image's set (maybe empty)
+        return "|".join(str(classes[int(i)]) for i in np.flatnonzero(target)) or "(no label)"
     top = np.argsort(-target, kind="stable")[:2]
     shown = [i for i in top if target[i] >= 0.005] or top[:1]
     if len(shown) == 1 and target[shown[0]] >= 0.995:

@@ -195,7 +195,7 @@ REFUSED = [
     (["val_every=0"], "val_every must be a whole number >= 1, not 0."),
     (["checkpoint.every_n_steps=-5"], "checkpoint.every_n_steps must be a whole number >= 0, not -5."),
     (["early_stopping.metric=accuracy"],
-     "early_stopping.metric must be one of val_accuracy, val_loss, not 'accuracy'."),
+     "early_stopping.metric must be one of val_accuracy, val_loss, val_map, not 'accuracy'."),
     (["early_stopping.mode=up"], "early_stopping.mode must be max or min, not 'up'."),
     (["early_stopping.patience=-1"], "early_stopping.patience must be a whole number >= 0, not -1."),
     (["ema.decay=1"], "ema.decay must be in (0, 1) (e.g. 0.999), or null for no EMA; not 1.0."),

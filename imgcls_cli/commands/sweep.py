@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from imgcls_cli.sweep_plot import SweepJob
 
 COLUMNS = SWEEP_COLUMNS
+MULTILABEL_COLUMNS = ("best_val_map", "test_map")  # added where a job is task=multilabel
+
+
+def columns_of(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """summary.csv's columns: SWEEP_COLUMNS, with the multilabel scores before wall_seconds where a job has them."""
+    if not any(r.get("test_map") is not None or r.get("best_val_map") is not None for r in rows):
+        return COLUMNS
+    return (*COLUMNS[:-1], *MULTILABEL_COLUMNS, COLUMNS[-1])
 
 
 class SweepFailed(SystemExit):
@@ -48,6 +56,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         if summary_file.is_file():
             summary = json.loads(summary_file.read_text())
             row.update({k: summary.get(k) for k in COLUMNS[2:]})
+            row.update({k: summary[k] for k in MULTILABEL_COLUMNS if k in summary})
         rows.append(row)
     return rows
 
@@ -58,7 +67,7 @@ def mean_std_row(rows: list[dict[str, Any]]) -> list[Any] | None:
     if len(done) < 2:
         return None
     cells: list[Any] = ["", f"mean ± std of {len(done)} completed", ""]
-    for column in COLUMNS[3:]:
+    for column in columns_of(rows)[3:]:
         values = [float(r[column]) for r in done if r.get(column) is not None]
         cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
     return cells
@@ -136,7 +145,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
-        write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
+        columns = columns_of(rows)
+        write_csv(sweep_dir / "summary.csv", rows, columns)
         failed = [r["job"] for r in rows if r["status"] != "completed"]
         write_compare(sweep_dir, rows)
         from imgcls_cli.report.sweep import write_sweep_report_safely  # here: other commands need not load it
@@ -145,12 +155,12 @@ class SweepSummary(Callback):
         from imgcls_cli.tracking.api import sweep_event
 
         sweep_event("sweep_end", tracking_settings(config), sweep_dir, len(failed))
-        table = [[r.get(c) for c in COLUMNS] for r in rows]
+        table = [[r.get(c) for c in columns] for r in rows]
         if spread := mean_std_row(rows):
             table.append(spread)
         # The terminal only: this process's log file is a job's (the last one's) or, when the jobs ran in
         # worker processes (joblib, submitit), none, and Hydra's own logger would print the table a second time.
-        out.console().print(out.table(f"Sweep: {len(rows)} jobs, {len(failed)} failed", COLUMNS, table))
+        out.console().print(out.table(f"Sweep: {len(rows)} jobs, {len(failed)} failed", columns, table))
         print(f"Run directory: {sweep_dir}", flush=True)
         if failed:
             # Hydra calls on_multirun_end in reverse order: RunDirGuard's, which lets go of the sweep directory,

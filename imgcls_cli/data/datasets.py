@@ -61,7 +61,7 @@ class DatasetBundle:
         return len(self.classes)
 
 
-def load_dataset(spec: DatasetSpec | Mapping[str, Any], seed: int) -> DatasetBundle:
+def load_dataset(spec: DatasetSpec | Mapping[str, Any], seed: int, task: str = "multiclass") -> DatasetBundle:
     """Build the dataset a DatasetSpec names and split it: train/val/test uint8 tensors plus statistics. A plain
     dataset config is checked into a DatasetSpec first."""
     if not isinstance(spec, DatasetSpec):

@@ -19,6 +19,7 @@ from imgcls_cli.models import ModelSpec, create_model
 from imgcls_cli.models import normalization as model_norm
 from imgcls_cli.plots import plot_augment_preview
 from imgcls_cli.specs.loop import BNRecalibrateSpec
+from imgcls_cli.specs.task import TaskSpec
 from imgcls_cli.specs.train import TrainSpec
 
 log = logging.getLogger("imgcls")
@@ -47,11 +48,13 @@ def build_model(model: ModelSpec, bundle: DatasetBundle) -> tuple[nn.Module, str
 
 
 def log_class_counts(bundle: DatasetBundle) -> None:
-    counts = torch.bincount(bundle.splits["train"].labels, minlength=bundle.num_classes).tolist()
+    labels = bundle.splits["train"].labels
+    multilabel = labels.ndim == 2
+    counts = labels.sum(0).long().tolist() if multilabel else torch.bincount(labels, minlength=bundle.num_classes).tolist()
     sizes = ", ".join(f"{s} {len(bundle.splits[s])}" for s in bundle.splits)
     log.info(f"dataset {bundle.name}: {bundle.num_classes} classes, {bundle.channels}x{bundle.image_size}x"
              f"{bundle.image_size}, {sizes}")
-    log.info("train images per class: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
+    log.info(f"train images per {'label' if multilabel else 'class'}: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
 
 
 def model_normalization(model: ModelSpec, dataset_cfg: dict[str, Any], bundle: DatasetBundle,
@@ -85,7 +88,11 @@ def class_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, classes: li
     if setting is None:
         return None
     k = len(classes)
-    if setting == "auto":
+    if setting == "auto" and labels.ndim == 2:  # multilabel: each label's negatives over its positives
+        from imgcls_cli.multilabel.losses import pos_weight_from
+
+        weights = pos_weight_from(labels).float()
+    elif setting == "auto":
         counts = torch.bincount(labels, minlength=k).double()
         weights = (len(labels) / (k * counts.clamp_min(1))).float()
     elif isinstance(setting, (list, tuple)):
@@ -99,9 +106,15 @@ def class_weights(dataset_cfg: dict[str, Any], labels: torch.Tensor, classes: li
     return weights
 
 
-def build_loss(weights: torch.Tensor | None, smoothing: float) -> nn.Module:
-    """Cross-entropy against y(1 - a) + a/K (label smoothing a), class indices or soft (MixUp/CutMix) targets,
-    each sample weighted by its class weight."""
+def build_loss(weights: torch.Tensor | None, smoothing: float, task: TaskSpec | None = None) -> nn.Module:
+    """multiclass: cross-entropy against y(1 - a) + a/K (label smoothing a), class indices or soft (MixUp/CutMix)
+    targets, each sample weighted by its class weight. multilabel: the loss group's bce or asl over multi-hot targets,
+    the weights as each label's pos_weight."""
+    if task is not None and task.multilabel:
+        from imgcls_cli.multilabel.losses import LOSSES
+
+        return LOSSES.get(task.loss)(pos_weight=weights, smoothing=smoothing, gamma_pos=task.gamma_pos,
+                                     gamma_neg=task.gamma_neg, clip=task.clip)
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
 
 

@@ -25,10 +25,20 @@ def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) 
     return temperature ** 2 * kl
 
 
+def sigmoid_soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """task=multilabel: T² times each label's Bernoulli KL(sigmoid(t/T) ‖ sigmoid(s/T)), the mean over the labels
+    and the batch (0 when they agree)."""
+    s, t = student / temperature, teacher / temperature
+    p = torch.sigmoid(t)
+    kl = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+    return temperature ** 2 * kl.mean()
+
+
 def distillation_terms(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, temperature: float,
-                       alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss trained on: α·T²·KL + (1 − α)·hard_loss, the distillation term T²·KL alone)."""
-    soft = soft_loss(student, teacher, temperature)
+                       alpha: float, task: str = "multiclass") -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss trained on: α·T²·KL + (1 − α)·hard_loss, the distillation term T²·KL alone); task=multilabel
+    distils each label's sigmoid (sigmoid_soft_loss)."""
+    soft = (sigmoid_soft_loss if task == "multilabel" else soft_loss)(student, teacher, temperature)
     return alpha * soft + (1.0 - alpha) * hard_loss, soft
 
 
@@ -55,12 +65,16 @@ class Teacher:
         return forward(self.model, self.input.convert(x, self.student), amp, logits=True)
 
 
-def load_teacher(path: str, classes: list[str], student_input: dict[str, Any], device: torch.device) -> Teacher:
-    """The teacher of distill.teacher=PATH; it must know the student's classes, in the same order."""
+def load_teacher(path: str, classes: list[str], student_input: dict[str, Any], device: torch.device,
+                 task: str = "multiclass") -> Teacher:
+    """The teacher of distill.teacher=PATH; it must know the student's classes, in the same order, and its task."""
     from imgcls_cli.checkpoint import load_checkpoint
     from imgcls_cli.engine.inference import model_from_checkpoint
 
     ckpt = load_checkpoint(path)
+    if (ckpt.get("task") or "multiclass") != task:
+        raise UserError(f"distill.teacher={path} is a {ckpt.get('task') or 'multiclass'} checkpoint; a task={task} "
+                        f"student needs a {task} teacher.")
     if list(ckpt["classes"]) != list(classes):
         raise UserError(f"distill.teacher={path} was trained on other classes ({len(ckpt['classes'])}: "
                         f"{', '.join(map(str, ckpt['classes'][:5]))}...) than this dataset's; the teacher must "

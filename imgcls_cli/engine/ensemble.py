@@ -67,6 +67,10 @@ def check_member(checkpoint: str, ckpt: dict[str, Any], first: Scored) -> None:
                  if set(have) - set(other)]
         raise UserError(f"ensemble members differ in classes ({' and '.join(parts)} that the other has not); "
                         "ensemble checkpoints trained on the same classes (in any order) and input.")
+    tasks = [c.get("task") or "multiclass" for c in (ckpt, first.ckpt)]
+    if tasks[0] != tasks[1]:
+        raise UserError(f"ensemble members differ in task: {checkpoint} is {tasks[0]}, {first.checkpoint} is "
+                        f"{tasks[1]}; an ensemble's members share one task.")
     of = lambda c: [c["input"]["channels"], c["input"]["size"]]  # noqa: E731
     if of(ckpt) != of(first.ckpt):
         raise UserError(f"ensemble members differ in input channels and size: {checkpoint} has {of(ckpt)}, "
@@ -82,6 +86,9 @@ def combine(members: list[Scored], method: str) -> np.ndarray:
     mean = np.mean([m.probs for m in members], axis=0)
     if method == "averaging":
         return mean
+    if members[0].ckpt.get("task") == "multilabel":
+        raise UserError("ensemble=voting picks one class an image; a multilabel ensemble averages its members' "
+                        "sigmoid probabilities (ensemble=averaging).")
     k = mean.shape[1]
     votes = np.mean([np.eye(k)[m.probs.argmax(1)] for m in members], axis=0)
     winner = np.argmax(votes + 1e-6 * mean, axis=1)  # mean probabilities only ever decide between tied votes

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
+
+from imgcls_cli.tasks import Multiclass
 
 
 
@@ -59,6 +61,7 @@ class StepOptions:
     # Domain-adversarial training: extend(x) appends target images to the batch; split(logits) gives back the
     # source logits and the domain loss, added to the loss that is backpropagated (not to the reported loss).
     domain: Any = None
+    task: Any = field(default_factory=Multiclass)  # tasks.Multiclass | Multilabel: the labels accuracy counts
 
 
 class NonFiniteLoss(Exception):
@@ -96,7 +99,7 @@ def train_one_epoch(
     options = options or StepOptions()
     model.train()
     running = running or Running()
-    totals = _Totals(running, next(model.parameters()).device)
+    totals = _Totals(running, next(model.parameters()).device, options.task)
     shown, steps, skipped, pending = running.seen, first_step, 0, 0
     start = time.perf_counter()
 
@@ -141,7 +144,7 @@ def forward_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: n
     target = y
     if mix is not None:
         x, target = mix(x, y)
-        y = target.argmax(1)
+        y = options.task.counted(target)
     domain_loss = None
     with amp() if callable(amp) else amp:
         if options.domain is not None:
@@ -163,7 +166,8 @@ class _Totals:
     """An epoch's running sums, kept on the device: reading them is a device sync, so they are read only when
     needed. first_bad is the first step whose loss was not finite (-1: none so far)."""
 
-    def __init__(self, running: Running, device: torch.device) -> None:
+    def __init__(self, running: Running, device: torch.device, task: Any) -> None:
+        self.task = task
         self.loss_sum = torch.full((), running.loss_sum, device=device, dtype=torch.float64)
         self.distill_sum = torch.full((), running.distill_sum, device=device, dtype=torch.float64)
         self.correct = torch.full((), running.correct, device=device, dtype=torch.int64)
@@ -178,7 +182,7 @@ class _Totals:
         self.loss_sum += loss.detach().double() * n
         if soft is not None:
             self.distill_sum += soft.detach().double() * n
-        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.correct += self.task.correct(logits.detach(), y)
         self.seen += n
 
     def check(self) -> None:

@@ -20,7 +20,9 @@ from imgcls_cli.engine.device import resolve_device, resolve_precision
 from imgcls_cli.engine.ensemble import Scored, check_member, combine, leave_out_seen
 from imgcls_cli.engine.eval_data import (MISSING, RunSplits, Unread, check_splits_file, class_mapping, eval_keys,
                                          run_checkpoint, seen_keys, splits_beside, unread_of_run_split)
+from imgcls_cli.engine import labelsets
 from imgcls_cli.engine.eval_report import finish_eval
+from imgcls_cli.engine.labelsets import is_multilabel
 from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import result_columns, write_eval_reports, write_skipped_files
 from imgcls_cli.errors import UserError
@@ -89,7 +91,7 @@ def eval_images(checkpoint: str, ckpt: dict[str, Any], ref: dict[str, Any], ref_
     ensemble's first member), or a one-line error when it has no image to score."""
     ds_cfg = dataset_for_checkpoint(ref, spec.dataset, list(spec.dataset_keys), ref_path)
     seed = int(ref["config"].get("seed", 0))
-    bundle = load_dataset(ds_cfg, seed)
+    bundle = load_dataset(ds_cfg, seed, task=ref.get("task") or "multiclass")
     # The dataset's labels as the reference's class indices, matched by name.
     mapping = class_mapping(bundle.classes, [str(c) for c in ref["classes"]], bundle.name, ref_path)
     split = spec.split
@@ -107,8 +109,18 @@ def eval_images(checkpoint: str, ckpt: dict[str, Any], ref: dict[str, Any], ref_
                             f"undecodable): listed in {run_dir / 'skipped_files.txt'}; restore them, or evaluate "
                             "another split= or dataset=.")
         raise UserError(f"the {split} split of dataset '{bundle.name}' is empty; choose another split=.")
-    labels = data.labels if mapping is None else torch.from_numpy(mapping)[data.labels]
+    labels = data.labels if mapping is None else remap(data.labels, torch.from_numpy(mapping))
     return EvalImages(bundle, ds_cfg, data, labels, run, seen, unread, skipped)
+
+
+def remap(labels: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    """A dataset's labels as the checkpoint's class indices (mapping: dataset index -> checkpoint index); multi-hot
+    labels have their columns moved."""
+    if labels.ndim == 1:
+        return mapping[labels]
+    moved = torch.zeros_like(labels)
+    moved[:, mapping] = labels
+    return moved
 
 
 def score_checkpoint(checkpoint: str, spec: EvalSpec, dev: torch.device, prec: str, run_dir: Path,
@@ -132,7 +144,8 @@ def score_checkpoint(checkpoint: str, spec: EvalSpec, dev: torch.device, prec: s
     loader = make_loader(data.images, images.labels, size, inp["mean"], inp["std"], device=dev,
                          num_workers=spec.num_workers, channels_last=channels_last)
     head = head_name(model, len(ckpt["classes"])) if spec.features else None
-    result = predict(model, loader, amp, tta=spec.tta, head=head)
+    result = predict(model, loader, amp, tta=spec.tta, head=head,
+                     activation="sigmoid" if is_multilabel(ckpt) else "softmax")
     classes, ref_classes = [str(c) for c in ckpt["classes"]], [str(c) for c in ref["classes"]]
     probs = result.outputs  # this model's outputs in the reference's class order
     if classes != ref_classes and len(probs):
@@ -174,6 +187,10 @@ def _write_skipped(run_dir: Path, skipped: list[tuple[str, str]], unread: Unread
 
 def _report(scored: Scored, probs: np.ndarray, out_dir: Path, split: str, topk: int, extra: dict[str, Any]
             ) -> dict[str, Any]:
+    if is_multilabel(scored.ckpt):
+        return labelsets.write_reports(out_dir, probs, scored.targets, list(scored.ckpt["classes"]),
+                                       scored.ckpt["thresholds"], scored.ids, scored.id_column, topk,
+                                       {"split": split, **extra})
     return write_eval_reports(out_dir, probs, scored.targets, list(scored.ckpt["classes"]), scored.ids,
                               scored.id_column, topk, extra={"split": split, **extra}, images=scored.images)
 
@@ -191,6 +208,10 @@ def run_eval(spec: EvalSpec, run_dir: str | Path, command: str | None = None) ->
     dev = resolve_device(spec.device)
     prec = resolve_precision(spec.precision, dev)
     first = score_checkpoint(spec.checkpoints[0], spec, dev, prec, run_dir)
+    if spec.explain and is_multilabel(first.ckpt):
+        raise UserError(f"explain={spec.explain} draws the most confident errors of one class an image; for a "
+                        "multilabel checkpoint use imgcls explain checkpoint=... inputs=..., which explains each "
+                        "image's most probable label.")
     members = [first] + [score_checkpoint(p, spec, dev, prec, run_dir, like=first) for p in spec.checkpoints[1:]]
     trust = leave_out_seen(members, spec.split)
     if len(members) == 1:
@@ -226,7 +247,7 @@ def _report_ensemble(members: list[Scored], spec: EvalSpec, run_dir: Path, trust
                       {"ensemble": spec.ensemble, "members": [m.checkpoint for m in members], "tta": spec.tta,
                        **trust})
     table.append({"member": f"ensemble ({spec.ensemble})", "checkpoint": f"{len(members)} members", **metrics})
-    columns = ["member", "checkpoint", *result_columns(spec.topk)]
+    columns = ["member", "checkpoint", *result_columns(spec.topk, is_multilabel(first.ckpt))]
     write_csv(run_dir / "members.csv", table, columns)
     out.show(out.table(f"Ensemble of {len(members)} on {first.dataset}", columns,
                        [[row.get(c) for c in columns] for row in table]))
@@ -260,8 +281,9 @@ def run_sweep_eval(spec: EvalSpec, run_dir: str | Path, command: str | None = No
         board.append({"job": job.name.split("_", 1)[0],
                       "overrides": ",".join(yaml.safe_load(overrides.read_text()) or []) if overrides.is_file()
                       else "", **metrics, "checkpoint": str(best)})
-    board.sort(key=lambda r: -r["accuracy"])
-    columns = ["job", "overrides", *result_columns(spec.topk), "checkpoint"]
+    multilabel = "map_macro" in board[0]
+    board.sort(key=lambda r: -r["map_macro" if multilabel else "accuracy"])
+    columns = ["job", "overrides", *result_columns(spec.topk, multilabel), "checkpoint"]
     write_csv(run_dir / "leaderboard.csv", board, columns)
     out.show(out.table(f"Leaderboard: {len(board)} jobs of {sweep}", columns[:-1],
                        [[r.get(c) for c in columns[:-1]] for r in board]))

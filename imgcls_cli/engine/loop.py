@@ -7,7 +7,6 @@ import time
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from imgcls_cli import console as out
@@ -22,6 +21,7 @@ from imgcls_cli.engine.prepare import Training
 from imgcls_cli.engine.run import Interrupted, Run
 from imgcls_cli.errors import DivergedError
 from imgcls_cli.rundir import METRIC_COLUMNS, write_csv
+from imgcls_cli.tasks import Multiclass
 
 log = logging.getLogger("imgcls")
 RANK_STREAM = 900_007  # offsets each data-parallel rank's MixUp/CutMix generator from rank 0's
@@ -117,7 +117,8 @@ def end_epoch(run: Run, t: Training, eval_net: nn.Module, result: EpochResult, l
         row, texts = metrics_row(t, eval_net, result, lr, started, validated)
         state.rows.append(row)
         if run.main:
-            write_csv(run.run_dir / "metrics.csv", state.rows, [*METRIC_COLUMNS, *state.columns(),
+            write_csv(run.run_dir / "metrics.csv", state.rows, [*METRIC_COLUMNS, *t.step_options.task.columns,
+                                                                *state.columns(),
                                                                 *(DOMAIN_COLUMNS if t.adversary else ()),
                                                                 *(DISTILL_COLUMNS if t.spec.distill.teacher else ())])
         if run.main:
@@ -154,11 +155,14 @@ def step_tracker(run: Run, optimizer: torch.optim.Optimizer,
 def metrics_row(t: Training, eval_net: nn.Module, result: EpochResult, lr: float, started: float,
                 validated: bool) -> tuple[dict[str, Any], list[str]]:
     """The epoch's metrics.csv row (validated or not), and what the registered features add to its log line."""
-    evaluate = lambda module: validation(module, t.eval_loaders["val"], t.amp, t.ctx)  # noqa: E731
-    val_loss, val_acc = evaluate(eval_net) if validated else (None, None)
+    task = t.step_options.task
+    evaluate = lambda module: validation(module, t.eval_loaders["val"], t.amp, t.ctx, task)  # noqa: E731
+    scores = validation_scores(eval_net, t.eval_loaders["val"], t.amp, t.ctx, task) if validated else {}
     row = {"epoch": t.state.epoch, "lr": lr, "train_loss": result.loss, "train_accuracy": result.accuracy,
-           "val_loss": val_loss, "val_accuracy": val_acc, "epoch_seconds": round(time.perf_counter() - started, 3),
+           "val_loss": scores.get("loss"), "val_accuracy": scores.get("accuracy"),
+           "epoch_seconds": round(time.perf_counter() - started, 3),
            "images_per_second": round(result.images_per_second, 1)}
+    row.update({f"val_{k}": scores.get(k) for k in task.scores_columns})
     if result.distill_loss is not None:
         row["distill_loss"] = result.distill_loss
     if t.adversary is not None:
@@ -176,6 +180,7 @@ def report_epoch(run: Run, t: Training, row: dict[str, Any], result: EpochResult
     state = t.state
     text = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None \
         else ""
+    text += f"  val_map {row['val_map']:.4f}" if row.get("val_map") is not None else ""
     text += "".join(texts)
     text += f"  target_acc {row['target_accuracy']:.4f}" if row.get("target_accuracy") is not None else ""
     log.info(f"epoch {state.epoch}/{t.spec.epochs}  lr {row['lr']:.3g}  train_loss {result.loss:.4f}  train_acc "
@@ -184,21 +189,32 @@ def report_epoch(run: Run, t: Training, row: dict[str, Any], result: EpochResult
     best_row = next((r for r in state.rows if r["epoch"] == state.best_epoch), {})
     run.summary.update(best_epoch=state.best_epoch, best_val_accuracy=best_row.get("val_accuracy"),
                        epochs_completed=state.epoch)
+    if "val_map" in best_row:  # multilabel: the score that chose best.pt
+        run.summary["best_val_map"] = best_row["val_map"]
     if t.target_eval is not None:  # best.pt's accuracy on the target domain's test split
         run.summary["target_accuracy"] = best_row.get("target_accuracy")
 
 
-def validation(model: nn.Module, loader: DeviceLoader, amp: Any,
-               ctx: distributed.Dist | None = None) -> tuple[float, float]:
+def validation(model: nn.Module, loader: DeviceLoader, amp: Any, ctx: distributed.Dist | None = None,
+               task: Any = None) -> tuple[float, float]:
     """(loss, accuracy) of the model on the loader's split (its shards summed over the ranks, with ctx)."""
+    scores = validation_scores(model, loader, amp, ctx, task)
+    return scores["loss"], scores["accuracy"]
+
+
+def validation_scores(model: nn.Module, loader: DeviceLoader, amp: Any, ctx: distributed.Dist | None = None,
+                      task: Any = None) -> dict[str, float]:
+    """loss, accuracy and the task's own scores (multilabel: map) of the model on the loader's split (loss and
+    accuracy over every rank's shard, with ctx)."""
+    task = task or Multiclass()
     predicted = predict(model, loader, amp, logits=True)
     logits, targets = predicted.outputs, predicted.targets
     n = len(targets)
-    loss = F.cross_entropy(logits.double(), targets, reduction="sum").item() if n else 0.0
-    correct = (logits.argmax(1) == targets).sum().item() if n else 0
+    loss = task.loss_sum(logits, targets) if n else 0.0
+    correct = task.correct(logits, targets).item() if n else 0
     if ctx is not None:
         loss, correct, n = ctx.sum([loss, correct, n])
-    return loss / max(n, 1), correct / max(n, 1)
+    return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), **(task.scores(logits, targets) if n else {})}
 
 
 def epoch_totals(result: EpochResult, ctx: distributed.Dist) -> EpochResult:

@@ -15,7 +15,9 @@ from imgcls_cli import console as out
 from imgcls_cli.cores import resolve_workers
 from imgcls_cli.data.decode import DecodeError, decode_image, list_images
 from imgcls_cli.data.inputs import InputSpec
+from imgcls_cli.engine import labelsets
 from imgcls_cli.engine.device import resolve_device, resolve_precision
+from imgcls_cli.engine.labelsets import is_multilabel
 from imgcls_cli.engine.predictor import predict, prepare
 from imgcls_cli.engine.reports import prediction_rows
 from imgcls_cli.errors import UserError
@@ -115,6 +117,8 @@ def _decoded(loader: DataLoader, errors: list[str], shown: list[np.ndarray], inp
 
 def prediction_title(row: dict[str, Any]) -> str:
     """An image's title in predictions.png: its file name, then its label and probability, each cut to fit."""
+    if "top1_label" in row:  # multilabel: the set of labels, or "(no label)"
+        return f"{shorten(Path(row['path']).name)}\n{shorten(str(row['label']) or '(no label)', GRID_TITLE_CHARS)}"
     label = f" ({float(row['probability']):.2f})"
     return f"{shorten(Path(row['path']).name)}\n{shorten(str(row['label']), GRID_TITLE_CHARS - len(label))}{label}"
 
@@ -141,14 +145,18 @@ def run_predict(spec: PredictSpec, run_dir: str | Path) -> dict[str, Any]:
     start = time.perf_counter()
     batches = _decoded(loader, errors, shown, inputs, dev, torch.channels_last if channels_last else
                        torch.contiguous_format)
-    probs_np = predict(model, batches, amp).outputs.numpy()
+    multilabel = is_multilabel(ckpt)
+    probs_np = predict(model, batches, amp, activation="sigmoid" if multilabel else "softmax").outputs.numpy()
     seconds = time.perf_counter() - start
     if len(probs_np) == 0:
         probs_np = np.zeros((0, len(classes)), np.float32)
-    rows, columns = prediction_rows(probs_np, classes, [str(p) for p in paths], "path", spec.topk, errors=errors)
+    names = [str(p) for p in paths]
+    rows, columns = labelsets.prediction_rows(probs_np, classes, ckpt["thresholds"], names, "path", spec.topk,
+                                              errors=errors) if multilabel else \
+        prediction_rows(probs_np, classes, names, "path", spec.topk, errors=errors)
     target, as_json = output_paths(spec.output, run_dir)
     write_csv(target, rows, columns)
-    write_json(as_json, [prediction_json(row, spec.topk) for row in rows])
+    write_json(as_json, [prediction_json(row, spec.topk, multilabel) for row in rows])
     if shown:
         labelled = [r for r in rows if not r["error"]][: len(shown)]
         save_figure(predictions_figure(shown, labelled), Path(run_dir) / "predictions.png")
@@ -178,12 +186,20 @@ def output_paths(output: str | None, run_dir: str | Path) -> tuple[Path, Path]:
     return target, as_json if as_json != target else target.with_name(target.name + ".json")
 
 
-def prediction_json(row: dict[str, Any], topk: int) -> dict[str, Any]:
-    """predictions.json's entry of a predictions.csv row: the path, the top-k list and the error."""
-    ranked = [(row.get("label"), row.get("probability"))]
-    ranked += [(row.get(f"top{j}_label"), row.get(f"top{j}_probability")) for j in range(2, topk + 1)]
+def prediction_json(row: dict[str, Any], topk: int, multilabel: bool = False) -> dict[str, Any]:
+    """predictions.json's entry of a predictions.csv row: the path, the top-k list and the error; a multilabel
+    row also lists its labels (each at or above its threshold) with their probabilities."""
+    if multilabel:
+        ranked = [(row.get(f"top{j}_label"), row.get(f"top{j}_probability")) for j in range(1, topk + 1)]
+        chosen = [(label, float(p)) for label, p in zip(str(row.get("label") or "").split("|"),
+                                                         str(row.get("probability") or "").split("|")) if label]
+        labels = {"labels": [{"label": label, "probability": p} for label, p in chosen]}
+    else:
+        ranked = [(row.get("label"), row.get("probability"))]
+        ranked += [(row.get(f"top{j}_label"), row.get(f"top{j}_probability")) for j in range(2, topk + 1)]
+        labels = {}
     top = [{"label": label, "probability": p} for label, p in ranked if label is not None]
-    return {"path": row["path"], "topk": top, "error": row["error"] or None}
+    return {"path": row["path"], **labels, "topk": top, "error": row["error"] or None}
 
 
 def _show(rows: list[dict[str, Any]], ok: int, total: int, seconds: float, target: Path, limit: int = 20) -> None:

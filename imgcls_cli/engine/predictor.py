@@ -51,8 +51,14 @@ def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
     return out
 
 
-def forward(model: nn.Module, x: torch.Tensor, amp: Amp, *, tta: str = "none", logits: bool = False) -> torch.Tensor:
-    """One batch: float32 logits (logits=True) or softmax probabilities averaged over the TTA views."""
+ACTIVATIONS = {"softmax": lambda z: torch.softmax(z, 1), "sigmoid": torch.sigmoid}  # multiclass, multilabel
+
+
+def forward(model: nn.Module, x: torch.Tensor, amp: Amp, *, tta: str = "none", logits: bool = False,
+            activation: str = "softmax") -> torch.Tensor:
+    """One batch: float32 logits (logits=True) or probabilities (softmax over the classes, or a sigmoid per label
+    for task=multilabel) averaged over the TTA views."""
+    to_probs = ACTIVATIONS[activation]
     if logits:
         with amp():
             out = model(x)
@@ -61,21 +67,21 @@ def forward(model: nn.Module, x: torch.Tensor, amp: Amp, *, tta: str = "none", l
     all_views = views(x, tta)
     for view in all_views:
         with amp():
-            p = torch.softmax(model(view).float(), 1)
+            p = to_probs(model(view).float())
         total = p if total is None else total + p
     return total / len(all_views)
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], amp: Amp, *, tta: str = "none",
-            logits: bool = False, head: str | None = None) -> Predictions:
+            logits: bool = False, head: str | None = None, activation: str = "softmax") -> Predictions:
     """Every batch's outputs (see forward) and targets (None targets are left out), on the CPU, in batch order;
     with `head` (the classifier head's module name), the embeddings (its input) of each batch's images themselves."""
     model.eval()
     outputs, targets = [], []
     with captured_embeddings(model, head) if head is not None else contextlib.nullcontext() as captured:
         for x, y in batches:
-            outputs.append(forward(model, x, amp, tta=tta, logits=logits))
+            outputs.append(forward(model, x, amp, tta=tta, logits=logits, activation=activation))
             if y is not None:
                 targets.append(y)
     found = None

@@ -36,6 +36,7 @@ from imgcls_cli.rundir import git_commit, versions, write_csv
 from imgcls_cli.schedule import build_schedule, lr_scheduler
 from imgcls_cli.specs.eval import check_batch_size
 from imgcls_cli.specs.train import TrainSpec
+from imgcls_cli.tasks import task_of
 
 log = logging.getLogger("imgcls")
 
@@ -95,14 +96,14 @@ def prepare(run: Run, spec: TrainSpec, init: dict[str, Any] | None) -> Training:
         plot_lr([base_lr * lr_factor(i / steps_per_epoch) for i in range(spec.epochs * steps_per_epoch)],
                 steps_per_epoch, run.run_dir / "plots" / "lr.png")
     weights = class_weights(dataset_config(spec), bundle.splits["train"].labels, bundle.classes)
-    loss_fn = build_loss(None if weights is None else weights.to(device), spec.label_smoothing)
+    loss_fn = build_loss(None if weights is None else weights.to(device), spec.label_smoothing, spec.task)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     amp = lambda: autocast(device, precision)  # noqa: E731
     step_options = steps(spec, model, bundle, adversary, amp, device)
     has_val = len(bundle.splits["val"]) > 0
     state = TrainState(model, optimizer, scheduler, scaler, EarlyStopping.from_spec(spec.early_stopping, has_val),
                        header={"model": {"name": model_name, "kwargs": model_kwargs}, "classes": bundle.classes,
-                               "input": model_input(bundle), "config": run.cfg},
+                               "input": model_input(bundle), "config": run.cfg, **task_header(spec, bundle)},
                        checkpoints=run.run_dir / "checkpoints", ctx=run.ctx, main=run.main)
     ema.attach(state, spec.ema)
     state.register("domain", adversary)
@@ -110,6 +111,18 @@ def prepare(run: Run, spec: TrainSpec, init: dict[str, Any] | None) -> Training:
         resume(run, state, resumed, has_val)
     return Training(spec, state, run.ctx, device, amp, bundle, model_name, train_loader, eval_loaders, calibration,
                     mixer, loss_fn, step_options, adversary, target_eval, freezer, resumed is not None)
+
+
+def task_header(spec: TrainSpec, bundle: DatasetBundle) -> dict[str, Any]:
+    """What a multilabel checkpoint adds to its header: the task and each label's threshold (threshold= as given, or
+    0.5 until the end of training tunes them on the validation split); nothing for multiclass, whose checkpoints
+    stay as they were."""
+    if not spec.task.multilabel:
+        return {}
+    from imgcls_cli.multilabel.metrics import check_thresholds
+
+    given = 0.5 if spec.task.threshold is None else spec.task.threshold
+    return {"task": "multilabel", "thresholds": [float(v) for v in check_thresholds(given, bundle.num_classes)]}
 
 
 def dataset_config(spec: TrainSpec) -> dict[str, Any]:
@@ -141,7 +154,7 @@ def start(run: Run, spec: TrainSpec) -> tuple[dict[str, Any], str, dict[str, Any
 
 def load_data(run: Run, spec: TrainSpec, init: dict[str, Any] | None) -> DatasetBundle:
     """The dataset with the normalization the model asks for; splits.csv and skipped files written."""
-    bundle = load_dataset(dataset_config(spec), spec.seed)
+    bundle = load_dataset(dataset_config(spec), spec.seed, task=spec.task.name)
     model_normalization(spec.model, dataset_config(spec), bundle, init)
     log_class_counts(bundle)
     if run.main:
@@ -223,12 +236,14 @@ def steps(spec: TrainSpec, model: nn.Module, bundle: DatasetBundle, adversary: D
     penalties = [p for p in (penalty(model, spec.optimizer),
                              l2sp_penalty(model, bundle.num_classes, l2sp) if l2sp else None) if p]
     options = StepOptions(penalty=sum_of(penalties), grad_clip_norm=spec.optimizer.grad_clip_norm,
-                          accumulate_steps=spec.optimizer.accumulate_steps, on_nan=spec.on_nan, domain=adversary)
+                          accumulate_steps=spec.optimizer.accumulate_steps, on_nan=spec.on_nan, domain=adversary,
+                          task=task_of(spec.task.name))
     if distill.teacher:
-        teacher = load_teacher(distill.teacher, bundle.classes, model_input(bundle), device)
+        teacher = load_teacher(distill.teacher, bundle.classes, model_input(bundle), device, spec.task.name)
         log.info(f"distilling from {distill.teacher}: T {distill.temperature}, alpha {distill.alpha}")
         options.teacher = lambda x: teacher(x, amp)
-        options.distill = lambda s, t, hard: distillation_terms(s, t, hard, distill.temperature, distill.alpha)
+        options.distill = lambda s, t, hard: distillation_terms(s, t, hard, distill.temperature, distill.alpha,
+                                                                spec.task.name)
     return options
 
 

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 MISCLASSIFIED_TITLE = "Most confident errors, each titled: true class → predicted class (probability of the prediction)"
 
 
-def result_columns(topk: int) -> list[str]:
+def result_columns(topk: int, multilabel: bool = False) -> list[str]:
     """The metrics a results table shows, in its order: eval's members table, the sweep leaderboard and the
-    Results table of a training run."""
+    Results table of a training run (multilabel: subset accuracy, mAP, micro and macro F1 at the thresholds)."""
+    if multilabel:
+        return ["accuracy", "map_macro", "f1_micro", "f1_macro", "loss"]
     return ["accuracy", f"top{topk}_accuracy", "f1_macro", "loss"]
 
 

@@ -12,12 +12,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 from imgcls_cli import console as out
 from imgcls_cli.checkpoint import load_checkpoint
 from imgcls_cli.data.datasets import DatasetBundle
 from imgcls_cli.data.loader import DeviceLoader, StreamLoader, read_ids
+from imgcls_cli.engine import labelsets
 from imgcls_cli.engine.build import class_weights, sampler_weights  # noqa: F401  (tests/test_datasets.py)
+from imgcls_cli.engine.labelsets import is_multilabel
 from imgcls_cli.engine.loop import run_epochs
 from imgcls_cli.engine.predictor import predict
 from imgcls_cli.engine.prepare import Training, prepare
@@ -124,9 +127,13 @@ def finish(run: Run, t: Training) -> dict[str, Any]:
     if not run.main:  # rank 0 tests best.pt and reports
         return {}
     plot_curves(rows, run.run_dir / "plots" / "curves.png", best_epoch=run.summary.get("best_epoch"))
+    if t.spec.task.multilabel:
+        tune_thresholds(t, run.run_dir / "checkpoints")
     test_metrics = evaluate_best(t.state.model, run.run_dir, t.eval_loaders["test"], t.bundle, t.amp, t.spec.topk,
                                  t.spec.tta)
     run.summary["test_accuracy"] = test_metrics.get("accuracy")
+    if "map_macro" in test_metrics:
+        run.summary["test_map"] = test_metrics["map_macro"]
     streamed = [ld for ld in (t.train_loader, *t.eval_loaders.values()) if isinstance(ld, StreamLoader)]
     if streamed:  # bad files found while streaming
         found = {**{p: why for ld in streamed for p, why in ld.skipped.items()}, **dict(t.bundle.skipped)}
@@ -146,8 +153,14 @@ def evaluate_best(model: Any, run_dir: Path, loader: DeviceLoader, bundle: Datas
         return {}
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict(best["state_dict"])
-    predicted = predict(model, loader, amp, tta=tta)
     test = bundle.splits["test"]
+    extra = {"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"], "tta": tta}
+    if is_multilabel(best):
+        predicted = predict(model, loader, amp, tta=tta, activation="sigmoid")
+        return labelsets.write_reports(run_dir / "eval", predicted.outputs.numpy(), predicted.targets.numpy(),
+                                       bundle.classes, best["thresholds"], read_ids(loader, test.ids),
+                                       bundle.id_column, topk, extra)
+    predicted = predict(model, loader, amp, tta=tta)
     return write_eval_reports(run_dir / "eval", predicted.outputs.numpy(), predicted.targets.numpy(), bundle.classes,
                               read_ids(loader, test.ids), bundle.id_column, topk,
                               extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"],
@@ -155,12 +168,28 @@ def evaluate_best(model: Any, run_dir: Path, loader: DeviceLoader, bundle: Datas
                               images=test.images.numpy() if test.in_memory else None)
 
 
+def tune_thresholds(t: Training, folder: Path) -> None:
+    """task=multilabel: best.pt's (and best_ema.pt's) thresholds, tuned on the validation split's probabilities
+    with the checkpoint's weights (or threshold= as given)."""
+    val = t.eval_loaders["val"]
+    for name in ("best.pt", "best_ema.pt"):
+        if not (folder / name).is_file():
+            continue
+        weights = load_checkpoint(folder / name)["state_dict"]
+        t.state.model.load_state_dict(weights)
+        predicted = predict(t.state.model, val, t.amp, tta=t.spec.tta, activation="sigmoid") if len(val.labels) \
+            else None
+        probs, targets = (predicted.outputs.numpy(), predicted.targets.numpy()) if predicted else \
+            (np.zeros((0, t.bundle.num_classes)), np.zeros((0, t.bundle.num_classes)))
+        labelsets.tune_and_save(folder / name, probs, targets, t.spec.task.threshold)
+
+
 def _results_table(run: Run, model_name: str, dataset: str, test: dict[str, Any], topk: int) -> None:
     s = run.summary
     rows = [("model", model_name), ("dataset", dataset), ("epochs", s.get("epochs_completed")),
             ("best epoch", s["best_epoch"]), ("best val accuracy", s["best_val_accuracy"])]
     rows += [("test accuracy" if k == "accuracy" else k.replace("_", " "), test.get(k))
-             for k in result_columns(topk) if k != "loss" and (k in test or k == "accuracy")]
+             for k in result_columns(topk, "map_macro" in test) if k != "loss" and (k in test or k == "accuracy")]
     if s.get("target_accuracy") is not None:
         rows.append(("target accuracy", s["target_accuracy"]))
     rows += [("wall seconds", s["wall_seconds"]), ("train images/s", s["train_images_per_second"]),

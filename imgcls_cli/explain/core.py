@@ -62,6 +62,7 @@ class Explainer:
         self.fn = METHODS.get(method)
         self.name = str(ckpt["model"]["name"])
         self.classes = [str(c) for c in ckpt["classes"]]
+        self.multilabel = ckpt.get("task") == "multilabel"  # a sigmoid per label: the most probable label explained
         self.input = InputSpec.from_checkpoint(ckpt)
         self.model = model_from_checkpoint(ckpt, device).float().eval()
         for module in self.model.modules():
@@ -75,7 +76,8 @@ class Explainer:
         the model predicts)."""
         x = self.input.normalize(images.to(self.device))
         with torch.no_grad():
-            probs = torch.softmax(self._forward(x), 1)
+            logits = self._forward(x)
+            probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
         chosen = probs.argmax(1) if classes is None else torch.as_tensor(classes, dtype=torch.int64,
                                                                            device=self.device)
         with torch.enable_grad(), warnings.catch_warnings():

@@ -12,7 +12,7 @@ import torch
 from imgcls_cli.data.datasets import Split, load_dataset
 from imgcls_cli.data.inputs import InputSpec
 from imgcls_cli.engine.eval_data import class_mapping
-from imgcls_cli.engine.inference import dataset_for_checkpoint
+from imgcls_cli.engine.inference import dataset_for_checkpoint, remap
 from imgcls_cli.errors import UserError
 
 VERIFY_IMAGES = 256
@@ -35,7 +35,8 @@ class Images:
 def load_images(ckpt: dict[str, Any], checkpoint: str, calibration: int) -> tuple[Images, Images | None]:
     """(VERIFY_IMAGES images spread over the test split, `calibration` seeded-random training images or None)."""
     seed = int(ckpt["config"].get("seed", 0))
-    bundle = load_dataset(dataset_for_checkpoint(ckpt, None, [], checkpoint), seed)
+    bundle = load_dataset(dataset_for_checkpoint(ckpt, None, [], checkpoint), seed,
+                          task=ckpt.get("task") or "multiclass")
     mapping = class_mapping(bundle.classes, [str(c) for c in ckpt["classes"]], bundle.name, checkpoint)
     spec = InputSpec.from_checkpoint(ckpt)
     split = next((s for s in VERIFY_SPLITS if len(bundle.splits[s])), None)
@@ -62,7 +63,9 @@ def _take(data: Split, positions: np.ndarray, spec: InputSpec, mapping: np.ndarr
     if not ok.any():
         raise UserError(f"none of the {len(positions)} {split} images of dataset '{dataset}' chosen to check the "
                         "export could be read.")
-    labels = data.labels[torch.from_numpy(positions[ok])].numpy()
+    labels = data.labels[torch.from_numpy(positions[ok])]
     if mapping is not None:
-        labels = mapping[labels]
-    return Images(spec.normalize(pixels).contiguous(), labels.astype(np.int64), split, dataset)
+        labels = remap(labels, torch.from_numpy(mapping))
+    multilabel = labels.ndim == 2  # multi-hot labels stay float
+    return Images(spec.normalize(pixels).contiguous(), labels.numpy().astype(np.float32 if multilabel else np.int64),
+                  split, dataset)

@@ -25,7 +25,8 @@ KEYS = {
     "classes": "JSON list of the class names, in output order",
     "input": 'JSON {"channels", "size", "mean", "std"}: NCHW float32 input, (pixel/255 - mean) / std',
     "model": 'JSON {"name", "kwargs"} of the registered model',
-    "task": "multiclass",
+    "task": "multiclass | multilabel",
+    "thresholds": "JSON list of each label's probability threshold (multilabel; empty for multiclass)",
     "source_sha256": "sha256 of the checkpoint file it was exported from",
     "source": "that checkpoint's path when exported",
     "config": "JSON of the training run's dataset, seed and eval_batch_size (eval's test split)",
@@ -54,6 +55,7 @@ def from_checkpoint(ckpt: Mapping[str, Any], source: str | Path, sha256: str, qu
         "input": json.dumps(InputSpec.from_checkpoint(ckpt).as_dict()),
         "model": json.dumps({"name": ckpt["model"]["name"], "kwargs": ckpt["model"].get("kwargs", {})}),
         "task": str(ckpt.get("task") or "multiclass"),
+        "thresholds": json.dumps([float(t) for t in ckpt.get("thresholds") or []]),
         "source_sha256": sha256, "source": str(source),
         "config": json.dumps(kept, default=str),
         "quantize": quantize,
@@ -75,7 +77,7 @@ class Deployed:
         """The fields of a checkpoint that eval and predict read (no weights: those are in the file)."""
         return {"model": self.model, "classes": list(self.classes), "input": self.input.as_dict(),
                 "config": dict(self.config), "task": self.props.get(PREFIX + "task", "multiclass"),
-                "epoch": None}
+                "thresholds": json.loads(self.props.get(PREFIX + "thresholds") or "[]") or None, "epoch": None}
 
 
 def parse(props: Mapping[str, str], where: str) -> Deployed:

@@ -42,8 +42,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
 def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Agreement:
-    """The exported model's logits against the checkpoint's (reference), both (N, classes), on images with labels."""
+    """The exported model's logits against the checkpoint's (reference), both (N, classes), on images with labels.
+    Multi-hot labels (task=multilabel): sigmoid probabilities; an image agrees when its set of labels at 0.5 is the
+    checkpoint's, and is right when that set is its labels."""
+    if labels.ndim == 2:
+        p_ref, p = sigmoid(reference), sigmoid(logits)
+        sets_ref, sets, truth = p_ref >= 0.5, p >= 0.5, labels > 0.5
+        return Agreement(len(labels), float((sets == sets_ref).all(1).mean()), float(np.abs(p - p_ref).max()),
+                         float((sets == truth).all(1).mean()), float((sets_ref == truth).all(1).mean()))
     p_ref, p = softmax(reference), softmax(logits)
     top_ref, top = p_ref.argmax(1), p.argmax(1)
     return Agreement(len(labels), float((top == top_ref).mean()), float(np.abs(p - p_ref).max()),

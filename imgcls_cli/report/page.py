@@ -27,6 +27,8 @@ def run_page(record: RunRecord, images: ImageSource | None, images_note: str = "
     data: dict = {"classes": [], "cells": {}, "cap": 0, "explanations": []}
     if ev is None:
         parts.append(S.section("metrics", "Metrics", "", NO_TEST))
+    elif ev.multilabel:
+        parts += [S.metrics_table(record, ev), S.per_label(ev)]
     else:
         overlays, explained, unread_overlays = explanation_data(ev)
         gallery = build_gallery(ev, images, explained)

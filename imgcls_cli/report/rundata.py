@@ -33,6 +33,7 @@ class Evaluation:
     id_column: str
     predictions: list[Prediction]
     explanations: list[dict[str, str]] = field(default_factory=list)
+    multilabel: bool = False  # per_class holds per_label.csv's rows
 
 
 @dataclass
@@ -117,6 +118,9 @@ def read_evaluation(folder: Path, notes: list[str]) -> Evaluation | None:
     if not (folder / "metrics.json").is_file() or not (folder / "predictions.csv").is_file():
         return None
     metrics = _json(folder / "metrics.json", notes)
+    if (folder / "per_label.csv").is_file():  # task=multilabel: a row per label, no confusion matrix of classes
+        per_label = _csv(folder / "per_label.csv", notes)
+        return Evaluation(folder, metrics, [], per_label, "", [], [], multilabel=True)
     per_class = _csv(folder / "per_class.csv", notes)
     classes = _classes(folder, per_class)
     id_column, predictions = _predictions(folder / "predictions.csv", classes)

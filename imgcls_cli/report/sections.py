@@ -2,6 +2,7 @@
 calibration, confusion matrix, explanations, skipped files, config and environment."""
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -42,6 +43,8 @@ def header(record: RunRecord) -> str:
     accuracy = ev.metrics.get("accuracy") if ev else s.get("test_accuracy")
     split = s.get("split") or "test"
     figures: list[tuple[str, Any]] = [(f"{split} accuracy", percent(accuracy))]
+    if ev is not None and ev.multilabel:  # subset accuracy is harsh; the mAP is the multilabel score
+        figures = [(f"{split} mAP", percent(ev.metrics.get("map_macro"))), *figures]
     if record.kind == "train":
         best = s.get("best_epoch")
         figures += [("best val accuracy" + (f" (epoch {best})" if best is not None else ""),
@@ -100,6 +103,26 @@ def per_class(ev: Evaluation) -> str:
     numeric = {i for i, c in enumerate(columns) if c != "class"}
     return section("per-class", "Per class", table(columns, rows, sortable=True, numeric=numeric),
                    "Click a column's header to sort by it.")
+
+
+PER_LABEL_FIGURES = (("ap_per_label.png", "Average precision of each label"),
+                     ("pr_curves.png", "Precision-recall curves of the labels with the lowest AP"),
+                     ("confusion_per_label.png", "Each label's 2x2 confusion matrix at its threshold"))
+
+
+def per_label(ev: Evaluation) -> str:
+    """task=multilabel: per_label.csv as a sortable table, then the eval folder's per-label figures inline."""
+    if not ev.per_class:
+        return ""
+    columns = list(ev.per_class[0])
+    rows = [[_number_or_text(r.get(c)) for c in columns] for r in ev.per_class]
+    numeric = {i for i, c in enumerate(columns) if c != "label"}
+    figures = "".join(f'<figure><img alt="{esc(title)}" src="data:image/png;base64,'
+                      f'{base64.b64encode((ev.folder / name).read_bytes()).decode()}"><figcaption>{esc(title)}'
+                      f'</figcaption></figure>' for name, title in PER_LABEL_FIGURES if (ev.folder / name).is_file())
+    return section("per-label", "Per label", table(columns, rows, sortable=True, numeric=numeric) + figures,
+                   "Each label's average precision, and its precision, recall and F1 at its threshold (tuned on the "
+                   "validation split). Click a column's header to sort by it.")
 
 
 def _number_or_text(value: Any) -> Any:
@@ -226,7 +249,7 @@ def environment(record: RunRecord) -> str:
 
 def menu(present: list[str], names: dict[str, str] | None = None) -> str:
     """Links to the sections present, in the order of `names` (default: a run report's sections)."""
-    names = names or {"curves": "Curves", "metrics": "Metrics", "per-class": "Per class",
+    names = names or {"curves": "Curves", "metrics": "Metrics", "per-class": "Per class", "per-label": "Per label",
                       "calibration": "Calibration", "confusion": "Confusion matrix", "explanations": "Explanations",
                       "skipped": "Skipped files", "config": "Config", "environment": "Environment"}
     return "<nav>" + "".join(f'<a href="#{a}">{esc(names[a])}</a>' for a in names if a in present) + "</nav>"

@@ -6,7 +6,7 @@ from typing import Any
 
 from imgcls_cli.errors import UserError, as_float, as_int
 
-STOPPING_METRICS = ("val_accuracy", "val_loss")
+STOPPING_METRICS = ("val_accuracy", "val_loss", "val_map")  # val_map: task=multilabel
 BN_CHOICES = ("auto", True, False)
 # bn_recalibrate=auto recalibrates while the run has taken fewer optimizer steps than this: with batch norm's
 # default momentum 0.1 the running statistics then still hold more than 0.9^100 (3e-5) of their initial values,

@@ -15,6 +15,7 @@ from imgcls_cli.specs.loop import BNRecalibrateSpec, DistributedSpec, EarlyStopp
 from imgcls_cli.specs.model import ModelSpec
 from imgcls_cli.specs.optimizer import OptimizerSpec
 from imgcls_cli.specs.schedule import ScheduleSpec
+from imgcls_cli.specs.task import TaskSpec
 from imgcls_cli.specs.tracking import TrackingSpec
 from imgcls_cli.specs.transfer import DistillSpec, DomainSpec, FinetuneSpec
 
@@ -69,6 +70,7 @@ class TrainSpec:
     dataset: DatasetSpec
     model: ModelSpec
     augment: AugmentSpec
+    task: TaskSpec  # multiclass | multilabel, its loss and thresholds
     config: dict[str, Any] = field(repr=False)
     explicit_keys: frozenset[str] = frozenset()  # the keys set on the command line
 
@@ -111,6 +113,8 @@ class TrainSpec:
         every_n_steps = as_int((cfg.get("checkpoint") or {}).get("every_n_steps") or 0, "checkpoint.every_n_steps",
                                minimum=0)
         early_stopping, ema = EarlyStoppingSpec.parse(cfg.get("early_stopping")), EmaSpec.parse(cfg.get("ema"))
+        task = TaskSpec.parse(cfg)
+        early_stopping = _task_checks(task, cfg, early_stopping, domain, distributed, set(explicit_keys))
         dataset = DatasetSpec.from_config(cfg["dataset"])  # last, as the data loading checked it after the rest
         model = ModelSpec.from_config(cfg["model"])  # then the model's keyword arguments, as building checks them
         return cls(
@@ -122,7 +126,7 @@ class TrainSpec:
             val_every=val_every,
             every_n_steps=every_n_steps, early_stopping=early_stopping, ema=ema,
             resume=str(cfg["resume"]) if cfg.get("resume") else None, dataset=dataset, model=model,
-            augment=augment, config=cfg, explicit_keys=frozenset(explicit_keys))
+            augment=augment, task=task, config=cfg, explicit_keys=frozenset(explicit_keys))
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -134,3 +138,25 @@ def _domain(cfg: dict[str, Any] | None, dataset_configs: Mapping[str, dict[str, 
     """domain.*, with the target option's dataset config when the command gave the options' configs."""
     spec = DomainSpec.parse(cfg, sorted(dataset_configs))
     return None if spec is None else spec.with_target(dataset_configs[spec.target])
+
+
+def _task_checks(task: TaskSpec, cfg: dict[str, Any], stopping: EarlyStoppingSpec, domain: DomainSpec | None,
+                 distributed: DistributedSpec, explicit: set[str]) -> EarlyStoppingSpec:
+    """What task=multilabel does not take, one line each; its best.pt is chosen by val_map unless
+    early_stopping.metric was set. val_map is a multilabel score."""
+    if not task.multilabel:
+        if stopping.metric == "val_map":
+            raise UserError("early_stopping.metric=val_map is the mean average precision of task=multilabel; a "
+                            "multiclass run chooses by val_accuracy or val_loss.")
+        return stopping
+    if (cfg.get("dataset") or {}).get("sampler") is not None:
+        raise UserError("dataset.sampler=balanced draws images by their one class; it does not apply to "
+                        "task=multilabel (use dataset.class_weights=auto, a pos_weight per label, or loss=asl).")
+    if domain is not None:
+        raise UserError("domain.target (domain-adversarial training) applies to task=multiclass.")
+    if distributed.nproc > 1:
+        raise UserError("task=multilabel trains in one process (distributed.nproc=1): its validation mAP needs "
+                        "every image's scores in one place.")
+    if "early_stopping.metric" not in explicit and stopping.metric == "val_accuracy":
+        return EarlyStoppingSpec("val_map", "max", stopping.patience)
+    return stopping
