@@ -29,9 +29,10 @@ class Mixer:
         self.mix_prob, self.switch_prob, self.num_classes = mix_prob, switch_prob, num_classes
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, C, H, W) float, y (N,) class indices -> mixed x (a new tensor) and float32 (N, K) targets."""
+        """x (N, C, H, W) float, y (N,) class indices or (N, K) multi-hot rows -> mixed x (a new tensor) and float32
+        (N, K) targets (multi-hot rows mix alike: lambda of a sample's own labels, 1 - lambda of its partner's)."""
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
-        targets = F.one_hot(y, self.num_classes).float()
+        targets = y.float() if y.ndim == 2 else F.one_hot(y, self.num_classes).float()
         method, lam = self._draw(rng)
         if method is None:
             return x, targets
