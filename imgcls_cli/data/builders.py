@@ -83,7 +83,7 @@ IDX_DATASETS = {
 }
 
 
-def _official_splits(data: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], val_fraction: float,
+def official_splits(data: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], val_fraction: float,
                      seed: int) -> Source:
     """Official train and test sets; the val split is carved from train (stratified, seeded)."""
     train_x, train_y = data["train"]
@@ -110,10 +110,12 @@ def _download(name: str, tv_class: str, base: Path) -> None:
         raise UserError(f"could not download {name} into {base}: {str(exc).splitlines()[0]}") from None
 
 
-def _idx_source(name: str, root: str | None, download: bool, val_fraction: float, seed: int) -> Source:
+def idx_arrays(name: str, root: str | None, download: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train"|"test": (uint8 images (N, 1, 28, 28), int64 labels)} of an IDX dataset (mnist, fashion_mnist):
+    found under the root or the system folders, else downloaded when asked, else one line saying where to put it."""
     from imgcls_cli.data.idx import load_idx_dataset
 
-    tv_class, folder, classes, system = IDX_DATASETS[name]
+    tv_class, folder, _, system = IDX_DATASETS[name]
     base = _data_root(root)
     candidates = [base, base / folder / "raw", base / folder, *map(Path, system)]
     data = load_idx_dataset(candidates)
@@ -125,7 +127,11 @@ def _idx_source(name: str, root: str | None, download: bool, val_fraction: float
         hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""
         raise UserError(f"{name} files (train-images-idx3-ubyte[.gz] and the three others) not found in: {where}. "
                         f"Set dataset.root=FOLDER, add dataset.download=true{hint}.")
-    return _official_splits(data, classes, val_fraction, seed)
+    return data
+
+
+def _idx_source(name: str, root: str | None, download: bool, val_fraction: float, seed: int) -> Source:
+    return official_splits(idx_arrays(name, root, download), IDX_DATASETS[name][2], val_fraction, seed)
 
 
 @DATASETS.register("mnist")
@@ -154,7 +160,7 @@ def _cifar_source(name: str, root: str | None, download: bool, val_fraction: flo
         raise UserError(f"{name} batches (the python version, folder {LAYOUTS[name][0]}) not found in {base}. "
                         "Set dataset.root=FOLDER or add dataset.download=true.")
     data, classes = load_cifar(name, folder)
-    return _official_splits(data, classes, val_fraction, seed)
+    return official_splits(data, classes, val_fraction, seed)
 
 
 @DATASETS.register("cifar10")
@@ -171,11 +177,15 @@ def cifar100(*, seed: int, root: str | None = None, download: bool = False, val_
     return _cifar_source("cifar100", root, bool(download), val_fraction, seed)
 
 
-def _file_source(files: list[Path], labels: list[str], splits: list[str] | None, classes: list[str], base: Path,
-                 on_bad_file: str) -> Source:
-    """Image files and their labels, not decoded yet: load_dataset decides where they live, then splits them."""
+def _class_indices(labels: list[str], classes: list[str]) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[label] for label in labels], dtype=np.int64)
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def _file_source(files: list[Path], y: np.ndarray, splits: list[str] | None, classes: list[str], base: Path,
+                 on_bad_file: str) -> Source:
+    """Image files and their labels (class indices, or multi-hot rows), not decoded yet: load_dataset decides where
+    they live, then splits them."""
     ids = [Path(os.path.relpath(f, base)).as_posix() for f in files]
     return Source(np.empty((0, 0, 0, 0), np.uint8), y, classes, ids, "path", paths=list(files), split_names=splits,
                   on_bad_file=on_bad_file)
@@ -191,17 +201,25 @@ def imagefolder(*, image_size: int, channels: int, seed: int, root: str | None =
         raise UserError("dataset=imagefolder needs dataset.root=FOLDER (class folders, or train/ val/ test/).")
     base = Path(root).expanduser()
     files, labels, classes, splits = scan_imagefolder(base)
-    return _file_source(files, labels, splits, classes, base, on_bad_file)
+    return _file_source(files, _class_indices(labels, classes), splits, classes, base, on_bad_file)
 
 
 @DATASETS.register("csv")
 def csv_file(*, image_size: int, channels: int, seed: int, file: str | None = None, val_fraction: float = 0.1,
-             test_fraction: float = 0.1, on_bad_file: str = "skip", **_: Any) -> Source:
-    """A CSV of path,label rows (paths relative to the CSV file), with an optional split column."""
-    from imgcls_cli.data.files import read_label_csv, sorted_classes
+             test_fraction: float = 0.1, on_bad_file: str = "skip", task: str = "multiclass",
+             label_columns: tuple[str, ...] | None = None, **_: Any) -> Source:
+    """A CSV of path,label rows (paths relative to the CSV file), with an optional split column; or of path,labels
+    rows (label sets joined by |, or one 0/1 column per label in dataset.label_columns) for task=multilabel."""
+    from imgcls_cli.data.files import read_csv_table, read_label_csv, sorted_classes
+    from imgcls_cli.data.multilabel import read_label_sets, wants_label_sets
 
     if not file:
         raise UserError("dataset=csv needs dataset.file=LABELS.csv (columns path,label and optionally split).")
     path = Path(file).expanduser()
-    files, labels, splits = read_label_csv(path)
-    return _file_source(files, labels, splits, sorted_classes(labels), path.parent, on_bad_file)
+    table = read_csv_table(path)
+    if wants_label_sets(table[1], task, label_columns):
+        files, y, classes, splits = read_label_sets(path, table, label_columns)
+        return _file_source(files, y, splits, classes, path.parent, on_bad_file)
+    files, labels, splits = read_label_csv(path, table)
+    classes = sorted_classes(labels)
+    return _file_source(files, _class_indices(labels, classes), splits, classes, path.parent, on_bad_file)

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgcls_cli.data import shifted  # noqa: F401  (registers the shifted-domain datasets)
+from imgcls_cli.data import mosaic, shifted  # noqa: F401  (register the mosaic and shifted-domain datasets)
 from imgcls_cli.data.builders import DATASETS, DEFAULT_ROOT, Source
+from imgcls_cli.data.multilabel import TASKS, check_label_sets, check_task, label_tensor, per_class
 from imgcls_cli.data.pixels import convert_channels, resize_batch
 from imgcls_cli.data.splits import (
     SPLITS, fold_indices, indices_from_file, named_splits, split_indices, stratified_subset,
@@ -22,8 +23,8 @@ from imgcls_cli.data.stores import ArrayStore, FileStore, Store
 from imgcls_cli.errors import UserError
 from imgcls_cli.specs.dataset import DatasetSpec
 
-__all__ = ["DATASETS", "SPLITS", "DatasetBundle", "Split", "channel_stats", "convert_channels", "load_dataset",
-           "resize_batch"]
+__all__ = ["DATASETS", "SPLITS", "TASKS", "DatasetBundle", "Split", "channel_stats", "convert_channels",
+           "load_dataset", "resize_batch"]
 log = logging.getLogger("imgcls")
 BUILD_SIZE, BUILD_CHANNELS = 32, 3  # what a generating builder (synthetic) makes for image_size/channels=auto
 _indices_from_file = indices_from_file  # the name callers outside data/ still import; goes once they use splits
@@ -32,11 +33,15 @@ _indices_from_file = indices_from_file  # the name callers outside data/ still i
 @dataclass
 class Split:
     images: torch.Tensor | Store  # uint8 (N, C, H, W) in memory, or a store read a batch at a time
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,) class indices, or float32 (N, C) of 0/1 for multi-label data
     ids: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
 
     @property
     def in_memory(self) -> bool:
@@ -60,17 +65,27 @@ class DatasetBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def multilabel(self) -> bool:
+        """Labels are sets (multi-hot rows, task=multilabel), not one class per image."""
+        return self.splits["train"].multilabel
+
 
 def load_dataset(spec: DatasetSpec | Mapping[str, Any], seed: int, task: str = "multiclass") -> DatasetBundle:
     """Build the dataset a DatasetSpec names and split it: train/val/test uint8 tensors plus statistics. A plain
-    dataset config is checked into a DatasetSpec first."""
+    dataset config is checked into a DatasetSpec first. task=multilabel: labels are multi-hot float32 (N, C) rows
+    (a dataset of label sets); multiclass: int64 class indices (a dataset of one label per image)."""
+    if task not in TASKS:
+        raise UserError(f"task must be {' or '.join(TASKS)}, not '{task}'.")
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.from_config(spec)
     builder = DATASETS.get(spec.name)
     seed = seed if spec.split_seed is None else spec.split_seed  # a fixed split_seed: the same splits every seed
     placement = Placement.from_spec(spec)
     source = builder(image_size=spec.image_size or BUILD_SIZE, channels=spec.channels or BUILD_CHANNELS, seed=seed,
-                     val_fraction=spec.val_fraction, test_fraction=spec.test_fraction, **spec.builder_options())
+                     val_fraction=spec.val_fraction, test_fraction=spec.test_fraction, task=task,
+                     **spec.builder_options())
+    check_task(spec.name, source.labels, task)
     image_size, channels = spec.image_size, spec.channels
     if image_size is None or channels is None:
         image_size, channels = _resolve_auto(source, image_size, channels)
@@ -84,6 +99,9 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any], seed: int, task: str = "
     split_table = [(ids[i], split) for split in SPLITS for i in indices[split]]
     splits = _subsets(spec, source, ids, indices, placement, channels, image_size, seed)
     _check_train(spec.name, splits["train"], source.classes)
+    if task == "multilabel":
+        check_label_sets(spec.name, {s: (split.labels.numpy(), split.ids) for s, split in splits.items()},
+                         source.classes)
     skipped = list(source.skipped)
     mean, std = given_stats or channel_stats(_stats_sample(splits["train"].images, seed, skipped))
     return DatasetBundle(spec.name, list(source.classes), channels, image_size, splits, mean, std,
@@ -125,13 +143,15 @@ def _subsets(spec: DatasetSpec, source: Source, ids: list[str], indices: dict[st
                 convert_channels(resize_batch(source.images[idx], image_size), channels)))
         else:
             images = ArrayStore(source.images, idx, channels, image_size)
-        splits[split] = Split(images, torch.from_numpy(source.labels[idx].astype(np.int64)), [ids[i] for i in idx])
+        splits[split] = Split(images, label_tensor(source.labels[idx]), [ids[i] for i in idx])
     return splits
 
 
 def _check_train(name: str, train: Split, classes: list[str]) -> None:
     if len(train) == 0:
         raise UserError(f"dataset '{name}' has no training images.")
+    if train.multilabel:
+        return  # label sets: check_label_sets
     if len(present := np.unique(train.labels.numpy())) < 2:
         only = classes[int(present[0])]
         raise UserError(f"the training split of dataset '{name}' holds images of one class only ('{only}'): a "
@@ -223,7 +243,7 @@ def _place_files(source: Source, channels: int, size: int, placement: Placement,
     else:  # bad files are found (and left out of their batch) as they are read
         images, keep = FileStore(paths, channels, size), np.arange(len(paths))
     labels = source.labels[keep]
-    if empty := [c for c, n in zip(source.classes, np.bincount(labels, minlength=len(source.classes))) if n == 0]:
+    if empty := [c for c, n in zip(source.classes, per_class(labels, len(source.classes))) if n == 0]:
         raise UserError(f"class(es) {', '.join(empty)} have no readable image; add images or remove the class.")
     predefined = None
     if source.split_names is not None:

@@ -170,36 +170,57 @@ def unique_files(files: list[Path], labels: list[str], where: str, order: list[i
     return sorted(kept.values())
 
 
-def read_label_csv(path: Path) -> tuple[list[Path], list[str], list[str] | None]:
-    """(files, labels, splits or None) of a CSV with a header naming path and label (and optionally split)."""
-    if not path.is_file():
-        raise UserError(f"dataset.file={path} does not exist; give a CSV file of path,label rows.")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read {path} as a CSV file: {exc}") from None
-    if not rows:
-        raise UserError(f"{path} has no rows; it needs a header line 'path,label' and one row per image.")
+def read_label_csv(path: Path, table: tuple[list[dict], list[str]] | None = None
+                   ) -> tuple[list[Path], list[str], list[str] | None]:
+    """(files, labels, splits or None) of a CSV with a header naming path and label (and optionally split); `table`:
+    its rows and header when read already (read_csv_table)."""
+    rows, fieldnames = table or read_csv_table(path)
+    header = [h.strip().lower() for h in fieldnames]
     if not {"path", "label"} <= set(header):
         raise UserError(f"{path} must have 'path' and 'label' columns; its header is {','.join(header)}.")
-    keys = {h.strip().lower(): h for h in rows[0].keys()}
+    keys = {h.strip().lower(): h for h in fieldnames}
     files, labels, splits = [], [], []
     for row in rows:
         file, label = (row[keys["path"]] or "").strip(), (row[keys["label"]] or "").strip()
         if not file or not label:
             raise UserError(f"{path}: a row has an empty path or label ({dict(row)}).")
-        files.append((path.parent / file) if not os.path.isabs(file) else Path(file))
+        files.append(csv_path(path, file))
         labels.append(label)
         splits.append((row.get(keys.get("split", "")) or "").strip().lower())
-    keep = unique_files(files, labels, str(path), splits=splits if "split" in keys else None)
-    files, labels, splits = [files[i] for i in keep], [labels[i] for i in keep], [splits[i] for i in keep]
-    if "split" not in keys:
-        return files, labels, None
+    keep, splits = unique_rows(path, files, labels, splits if "split" in keys else None)
+    return [files[i] for i in keep], [labels[i] for i in keep], splits
+
+
+def read_csv_table(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows (dicts by header name) and the header names of a label CSV that has at least one row."""
+    if not path.is_file():
+        raise UserError(f"dataset.file={path} does not exist; give a CSV file of path,label rows.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {path} as a CSV file: {exc}") from None
+    if not rows:
+        raise UserError(f"{path} has no rows; it needs a header line 'path,label' and one row per image.")
+    return rows, [h for h in rows[0].keys() if h is not None]
+
+
+def csv_path(csv_file: Path, file: str) -> Path:
+    """A path a CSV row names: relative to the CSV file's folder unless absolute."""
+    return (csv_file.parent / file) if not os.path.isabs(file) else Path(file)
+
+
+def unique_rows(path: Path, files: list[Path], labels: list[str], splits: list[str] | None
+                ) -> tuple[list[int], list[str] | None]:
+    """The rows to keep (each real file once, unique_files) and their splits (None without a split column),
+    which must be train, val or test."""
+    keep = unique_files(files, labels, str(path), splits=splits)
+    if splits is None:
+        return keep, None
+    splits = [splits[i] for i in keep]
     if bad := sorted(set(splits) - {"train", "val", "test"}):
         raise UserError(f"{path}: the split column holds {', '.join(map(repr, bad))}; use train, val or test.")
-    return files, labels, splits
+    return keep, splits
 
 
 def sorted_classes(labels: list[str]) -> list[str]:

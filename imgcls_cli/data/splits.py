@@ -1,5 +1,9 @@
 """Splitting a dataset: stratified, seeded splits, folds and subsets of label arrays; the splits that files name
-or that a run's splits.csv recorded; and the one-line errors when a fraction leaves a split empty."""
+or that a run's splits.csv recorded; and the one-line errors when a fraction leaves a split empty.
+
+Labels are class indices (N,) or, for multi-label data, multi-hot rows (N, C): the public functions take either and
+hand multi-hot rows to iterative stratification (Sechidis, Tsoumakas & Vlahavas 2011), which fills parts of exact
+sizes label by label, rarest label first."""
 from __future__ import annotations
 
 import csv
@@ -16,6 +20,9 @@ SPLIT_WORDS = {"val": "validation", "test": "test"}
 
 def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Split indices into len(fractions) + 1 parts: one per fraction, then the rest; each class split alike."""
+    if labels.ndim == 2:
+        sizes = [int(round(frac * len(labels))) for frac in fractions]
+        return iterative_stratification(labels, [*sizes, max(0, len(labels) - sum(sizes))], seed)
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
     for cls in np.unique(labels):
@@ -33,6 +40,8 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     """Indices of a stratified seeded subset of exactly n samples (all of them when n is None or too big)."""
     if n is None or n >= len(labels):
         return np.arange(len(labels), dtype=np.int64)
+    if labels.ndim == 2:
+        return iterative_stratification(labels, [n, len(labels) - n], seed)[0]
     classes, counts = np.unique(labels, return_counts=True)
     quota = counts * (n / len(labels))
     take = np.floor(quota).astype(int)
@@ -46,7 +55,9 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     """k disjoint folds covering every index; each class is dealt round-robin, so fold sizes differ by at most 1
-    per class."""
+    per class (multi-hot rows: fold sizes differ by at most 1)."""
+    if labels.ndim == 2:
+        return iterative_stratification(labels, [len(labels) // k + (i < len(labels) % k) for i in range(k)], seed)
     rng = np.random.default_rng(seed)
     folds: list[list[np.ndarray]] = [[] for _ in range(k)]
     offset = 0  # where the next class starts dealing, so the remainders spread over the folds
@@ -74,6 +85,12 @@ def check_carved(labels: np.ndarray, carved: dict[str, tuple[float, np.ndarray]]
     for split, (fraction, part) in carved.items():
         if fraction <= 0 or len(part):
             continue
+        if labels.ndim == 2:  # multi-hot rows: the fraction is taken of all images, not per class
+            need = math.ceil(100 / max(2 * len(labels), 1)) / 100
+            raise UserError(
+                f"dataset.{split}_fraction={fraction} leaves no {SPLIT_WORDS[split]} image: {fraction} of the "
+                f"{len(labels)} image(s) rounds to 0; raise dataset.{split}_fraction to {need} or more, add images, "
+                f"or set dataset.{split}_fraction=0 to go without a {SPLIT_WORDS[split]} split.")
         classes, counts = np.unique(labels, return_counts=True)
         biggest = int(counts.max()) if len(counts) else 0
         sizes = (f"{len(classes)} classes with {biggest} image(s) each" if counts.min() == biggest
@@ -92,7 +109,7 @@ def fold_indices(indices: dict[str, np.ndarray], labels: np.ndarray, folds: int,
     """k-fold cross-validation over train + val (stratified, seeded): fold `fold` validates, the rest train.
     Every fold must see every class: folds may not exceed the images of the smallest class."""
     pool = np.sort(np.concatenate([indices["train"], indices["val"]]))
-    present, counts = np.unique(labels[pool], return_counts=True)
+    present, counts = class_counts(labels[pool])
     if len(counts) and folds > counts.min():
         smallest = int(present[np.argmin(counts)])
         name = classes[smallest] if classes and smallest < len(classes) else str(smallest)
@@ -104,6 +121,61 @@ def fold_indices(indices: dict[str, np.ndarray], labels: np.ndarray, folds: int,
     val = pool[parts[fold]]
     train = pool[np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))]
     return {"train": train, "val": val, "test": indices["test"]}
+
+
+def class_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the classes that have images, how many each): of class indices, or of multi-hot rows (images per label)."""
+    if labels.ndim == 2:
+        counts = np.asarray(labels).sum(axis=0).astype(np.int64)
+        return np.flatnonzero(counts), counts[counts > 0]
+    return np.unique(labels, return_counts=True)
+
+
+def iterative_stratification(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
+    """Multi-hot rows (N, C) split into len(sizes) parts of exactly those sizes (they sum to N), sorted indices.
+
+    Sechidis, Tsoumakas & Vlahavas (2011), "On the stratification of multi-label data": each part wants its
+    share (size / N) of every label's images; the label with the fewest images left is dealt first, each of its
+    images to the part that still wants that label most (ties: the part with most room, then a seeded draw).
+    A part that is full takes no more, so the sizes are exact. With exact sizes the label dealt last would only
+    fill the room left (as unevenly as a random split), so the absence of each label is dealt as a label too.
+    Images with no label get their share of each part first (largest remainders) and fill it last.
+    """
+    y = np.asarray(labels) != 0
+    n, k = len(y), len(sizes)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)  # images are visited in a seeded order
+    labeled = y[order].any(axis=1, keepdims=True)
+    y = np.concatenate([y[order], ~y[order] & labeled], axis=1)  # each label, then its absence (labeled images)
+    unlabeled = _shares(sizes, int((~labeled).sum()))
+    room = [int(s) - u for s, u in zip(sizes, unlabeled)]
+    want = (np.asarray(sizes, dtype=np.float64)[:, None] / max(n, 1) * y.sum(axis=0)[None, :]).tolist()
+    left = y.sum(axis=0).astype(np.int64)
+    tiebreak = rng.permutation(y.shape[1])  # among labels with as few images left
+    rows = [np.flatnonzero(row).tolist() for row in y]
+    part = np.full(n, -1, dtype=np.int64)
+    while left.any():
+        label = min(np.flatnonzero(left), key=lambda c: (left[c], tiebreak[c]))
+        for i in np.flatnonzero(y[:, label] & (part < 0)).tolist():
+            open_parts = [j for j in range(k) if room[j] > 0]
+            best = max((want[j][label], room[j]) for j in open_parts)
+            tied = [j for j in open_parts if (want[j][label], room[j]) == best]
+            j = tied[int(rng.integers(len(tied)))] if len(tied) > 1 else tied[0]
+            part[i] = j
+            room[j] -= 1
+            for c in rows[i]:
+                want[j][c] -= 1
+            left[rows[i]] -= 1
+    part[part < 0] = np.repeat(np.arange(k), [r + u for r, u in zip(room, unlabeled)])[: int((part < 0).sum())]
+    return [np.sort(order[part == j]).astype(np.int64) for j in range(k)]
+
+
+def _shares(sizes: list[int], count: int) -> list[int]:
+    """count split in proportion to sizes, in whole numbers that sum to count (largest remainders first)."""
+    quota = np.asarray(sizes, dtype=np.float64) * (count / max(sum(sizes), 1))
+    take = np.floor(quota).astype(np.int64)
+    take[np.argsort(-(quota - take), kind="stable")[: count - int(take.sum())]] += 1
+    return take.tolist()
 
 
 def named_splits(names: np.ndarray, labels: np.ndarray, seed: int, val_fraction: float,

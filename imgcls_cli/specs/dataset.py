@@ -4,7 +4,7 @@ small for a fraction, statistics for an `auto` channel count) are methods here o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +14,11 @@ AUTO = "auto"
 # dataset.image_size: at most 2048 (a 3 x 2048 x 2048 image is 12.6 MB as uint8, 50 MB as a float tensor).
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
 BAD_FILE_CHOICES = ("skip", "error")
+MAX_MOSAICS = 1_000_000  # fashion_mnist_mosaic's num_train / num_test: 3.1 GB of 56x56 uint8 mosaics
 IN_MEMORY_CHOICES = ("auto", "true", "false")
 # Keys that only some builders read; each is passed to the builder where it was given.
 BUILDER_KEYS = ("root", "download", "file", "on_bad_file", "num_samples", "num_classes", "pattern", "angle",
-                "noise_std")
+                "noise_std", "label_columns", "num_train", "num_test", "empty_prob", "mosaic_seed")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class DatasetSpec:
     pattern: str | None = None  # synthetic: textures | patch
     angle: float | None = None  # fashion_mnist_rotated
     noise_std: float | None = None  # fashion_mnist_noisy
+    label_columns: tuple[str, ...] | None = None  # csv, task=multilabel: one 0/1 column per label
+    num_train: int | None = None  # fashion_mnist_mosaic: train mosaics (val carved from them)
+    num_test: int | None = None  # fashion_mnist_mosaic: test mosaics
+    empty_prob: float | None = None  # fashion_mnist_mosaic: probability that a cell is empty
+    mosaic_seed: int | None = None  # fashion_mnist_mosaic: the mosaics' own seed
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> DatasetSpec:
@@ -200,6 +206,9 @@ def _builder_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
         keys["angle"] = _angle(cfg["angle"])
     if cfg.get("noise_std") is not None:
         keys["noise_std"] = _noise_std(cfg["noise_std"])
+    if cfg.get("label_columns") is not None:
+        keys["label_columns"] = _label_columns(cfg["label_columns"])
+    keys.update(_mosaic_keys(cfg))
     return keys
 
 
@@ -215,3 +224,31 @@ def _noise_std(value: Any) -> float:
     if not (math.isfinite(std) and std >= 0):
         raise UserError(f"dataset.noise_std must be a number >= 0 (a fraction of 255), not {value!r}.")
     return std
+
+
+def _label_columns(value: Any) -> tuple[str, ...]:
+    """dataset.label_columns: the names of a CSV's 0/1 columns, one per label, each once."""
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else None
+    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+        raise UserError(f"dataset.label_columns must be a list of the CSV's 0/1 column names, e.g. "
+                        f"[cat,dog], not {value!r}.")
+    names = [n.strip() for n in names]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise UserError(f"dataset.label_columns names {', '.join(twice)} more than once; name each column once.")
+    return tuple(names)
+
+
+def _mosaic_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """fashion_mnist_mosaic's sizes, empty-cell probability and seed."""
+    keys: dict[str, Any] = {}
+    for key in ("num_train", "num_test"):
+        if cfg.get(key) is not None:
+            keys[key] = as_int(cfg[key], f"dataset.{key}", minimum=1, maximum=MAX_MOSAICS)
+    if cfg.get("mosaic_seed") is not None:
+        keys["mosaic_seed"] = as_int(cfg["mosaic_seed"], "dataset.mosaic_seed", minimum=0)
+    if cfg.get("empty_prob") is not None:
+        prob = as_float(cfg["empty_prob"], "dataset.empty_prob")
+        if not 0.0 <= prob < 1.0:
+            raise UserError(f"dataset.empty_prob must be in [0, 1) (the chance that a cell is black), not {prob}.")
+        keys["empty_prob"] = prob
+    return keys
