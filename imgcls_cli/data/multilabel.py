@@ -33,10 +33,12 @@ def per_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def check_task(name: str, labels: np.ndarray, task: str) -> None:
     """One line when the task and the dataset's kind of labels disagree."""
     if task == "multilabel" and labels.ndim == 1:
-        raise UserError(f"dataset '{name}' has one label per image; task=multilabel needs label sets: dataset=csv "
-                        "with a labels column (or dataset.label_columns=[...]) or dataset=fashion_mnist_mosaic.")
+        raise UserError(f"dataset '{name}' has one label per image; task=multilabel (a run's, or a multilabel "
+                        "checkpoint's) needs label sets: dataset=csv with a labels column (or "
+                        "dataset.label_columns=[...]) or dataset=fashion_mnist_mosaic.")
     if task == "multiclass" and labels.ndim == 2:
-        raise UserError(f"dataset '{name}' is multi-label (label sets per image); train it with task=multilabel.")
+        raise UserError(f"dataset '{name}' is multi-label (label sets per image): train it with task=multilabel "
+                        "(a multiclass checkpoint cannot be scored on it).")
 
 
 def check_label_sets(name: str, splits: dict[str, tuple[np.ndarray, list[str]]], classes: list[str]) -> None:

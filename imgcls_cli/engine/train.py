@@ -188,8 +188,13 @@ def _results_table(run: Run, model_name: str, dataset: str, test: dict[str, Any]
     s = run.summary
     rows = [("model", model_name), ("dataset", dataset), ("epochs", s.get("epochs_completed")),
             ("best epoch", s["best_epoch"]), ("best val accuracy", s["best_val_accuracy"])]
-    rows += [("test accuracy" if k == "accuracy" else k.replace("_", " "), test.get(k))
-             for k in result_columns(topk, "map_macro" in test) if k != "loss" and (k in test or k == "accuracy")]
+    multilabel = "map_macro" in test
+    if multilabel:
+        rows.append(("best val mAP", s.get("best_val_map")))
+    names = {"accuracy": "test accuracy (subset)", "map_macro": "test mAP (macro)", "f1_micro": "test F1 (micro)",
+             "f1_macro": "test F1 (macro)"} if multilabel else {"accuracy": "test accuracy"}
+    rows += [(names.get(k, k.replace("_", " ")), test.get(k))
+             for k in result_columns(topk, multilabel) if k != "loss" and (k in test or k == "accuracy")]
     if s.get("target_accuracy") is not None:
         rows.append(("target accuracy", s["target_accuracy"]))
     rows += [("wall seconds", s["wall_seconds"]), ("train images/s", s["train_images_per_second"]),

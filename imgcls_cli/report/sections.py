@@ -96,13 +96,17 @@ def metrics_table(record: RunRecord, ev: Evaluation) -> str:
 
 
 def per_class(ev: Evaluation) -> str:
+    body = _rows_table(ev, "class")
+    return section("per-class", "Per class", body, "Click a column's header to sort by it.") if body else ""
+
+
+def _rows_table(ev: Evaluation, name_column: str) -> str:
+    """per_class.csv's (or per_label.csv's) rows as a sortable table; empty without rows."""
     if not ev.per_class:
         return ""
     columns = list(ev.per_class[0])
     rows = [[_number_or_text(r.get(c)) for c in columns] for r in ev.per_class]
-    numeric = {i for i, c in enumerate(columns) if c != "class"}
-    return section("per-class", "Per class", table(columns, rows, sortable=True, numeric=numeric),
-                   "Click a column's header to sort by it.")
+    return table(columns, rows, sortable=True, numeric={i for i, c in enumerate(columns) if c != name_column})
 
 
 PER_LABEL_FIGURES = (("ap_per_label.png", "Average precision of each label"),
@@ -114,13 +118,10 @@ def per_label(ev: Evaluation) -> str:
     """task=multilabel: per_label.csv as a sortable table, then the eval folder's per-label figures inline."""
     if not ev.per_class:
         return ""
-    columns = list(ev.per_class[0])
-    rows = [[_number_or_text(r.get(c)) for c in columns] for r in ev.per_class]
-    numeric = {i for i, c in enumerate(columns) if c != "label"}
     figures = "".join(f'<figure><img alt="{esc(title)}" src="data:image/png;base64,'
                       f'{base64.b64encode((ev.folder / name).read_bytes()).decode()}"><figcaption>{esc(title)}'
                       f'</figcaption></figure>' for name, title in PER_LABEL_FIGURES if (ev.folder / name).is_file())
-    return section("per-label", "Per label", table(columns, rows, sortable=True, numeric=numeric) + figures,
+    return section("per-label", "Per label", _rows_table(ev, "label") + figures,
                    "Each label's average precision, and its precision, recall and F1 at its threshold (tuned on the "
                    "validation split). Click a column's header to sort by it.")
 
