@@ -132,6 +132,20 @@ def test_csv_mistakes_of_label_sets_are_one_line_errors(tmp_path, header, row, c
     assert "\n" not in str(caught.value)
 
 
+def test_a_fraction_that_leaves_a_split_empty_and_a_training_split_without_labels_are_named(tmp_path):
+    paths = write_images(tmp_path / "img", 12)
+    (tmp_path / "few.csv").write_text("path,labels\n" + "".join(f"{p},{'|'.join(label_set(i))}\n"
+                                                                 for i, p in enumerate(paths)))
+    with pytest.raises(UserError, match=r"^dataset\.val_fraction=0\.04 leaves no validation image: 0\.04 of the 12 "
+                                        r"image\(s\) rounds to 0; raise dataset\.val_fraction to 0\.05 or more"):
+        load_dataset(csv_cfg(tmp_path / "few.csv", val_fraction=0.04), seed=0, task="multilabel")
+    split = ["train"] * 6 + ["test"] * 6
+    (tmp_path / "bare.csv").write_text("path,labels,split\n" + "".join(
+        f"{p},{('bag', 'cat')[i % 2] if s == 'test' else ''},{s}\n" for i, (p, s) in enumerate(zip(paths, split))))
+    with pytest.raises(UserError, match="no image of the training split of dataset 'csv' has a label"):
+        load_dataset(csv_cfg(tmp_path / "bare.csv"), seed=0, task="multilabel")
+
+
 @pytest.mark.parametrize("columns,message", [(["bag", "bag"], "names bag more than once"), ([], "must be a list"),
                                              (["bag", ""], "must be a list")])
 def test_label_columns_must_name_each_column_once(label_csvs, columns, message):

@@ -173,8 +173,8 @@ REFUSED = [
                             "init=PATH (an imgcls checkpoint), model=tv model.weights=DEFAULT or "
                             "model=timm model.pretrained=true."),
     (["domain.target=nowhere"], "domain.target must be a dataset option (cifar10, cifar100, csv, digits, "
-                                "digits_inverted, fashion_mnist, fashion_mnist_noisy, fashion_mnist_rotated, "
-                                "imagefolder, mnist, synthetic), not 'nowhere'."),
+                                "digits_inverted, fashion_mnist, fashion_mnist_mosaic, fashion_mnist_noisy, "
+                                "fashion_mnist_rotated, imagefolder, mnist, synthetic), not 'nowhere'."),
     (["domain.target=digits_inverted", "domain.lambda=-1"], "domain.lambda must be >= 0, not -1.0."),
     (["domain.target=digits_inverted", "domain.ramp=1"], "domain.ramp must be true or false, not 1."),
     (["domain.target=digits_inverted", "domain.hidden=0"], "domain.hidden must be a whole number >= 1, not 0."),

@@ -149,23 +149,22 @@ def iterative_stratification(labels: np.ndarray, sizes: list[int], seed: int) ->
     y = np.concatenate([y[order], ~y[order] & labeled], axis=1)  # each label, then its absence (labeled images)
     unlabeled = _shares(sizes, int((~labeled).sum()))
     room = [int(s) - u for s, u in zip(sizes, unlabeled)]
-    want = (np.asarray(sizes, dtype=np.float64)[:, None] / max(n, 1) * y.sum(axis=0)[None, :]).tolist()
+    want = np.asarray(sizes, dtype=np.float64)[:, None] / max(n, 1) * y.sum(axis=0)[None, :]
     left = y.sum(axis=0).astype(np.int64)
     tiebreak = rng.permutation(y.shape[1])  # among labels with as few images left
-    rows = [np.flatnonzero(row).tolist() for row in y]
     part = np.full(n, -1, dtype=np.int64)
     while left.any():
         label = min(np.flatnonzero(left), key=lambda c: (left[c], tiebreak[c]))
         for i in np.flatnonzero(y[:, label] & (part < 0)).tolist():
+            wants = want[:, label].tolist()
             open_parts = [j for j in range(k) if room[j] > 0]
-            best = max((want[j][label], room[j]) for j in open_parts)
-            tied = [j for j in open_parts if (want[j][label], room[j]) == best]
+            best = max((wants[j], room[j]) for j in open_parts)
+            tied = [j for j in open_parts if (wants[j], room[j]) == best]
             j = tied[int(rng.integers(len(tied)))] if len(tied) > 1 else tied[0]
             part[i] = j
             room[j] -= 1
-            for c in rows[i]:
-                want[j][c] -= 1
-            left[rows[i]] -= 1
+            want[j] -= y[i]
+            left -= y[i]
     part[part < 0] = np.repeat(np.arange(k), [r + u for r, u in zip(room, unlabeled)])[: int((part < 0).sum())]
     return [np.sort(order[part == j]).astype(np.int64) for j in range(k)]
 
