@@ -58,6 +58,9 @@ def trained(tmp_path_factory):
     best = run_dir / "checkpoints" / "best.pt"
     inputs = root / "mosaics"
     mix = root / "mix"  # every training option at once, distilled from the first run's best.pt
+    mixed = [*[a for a in TRAIN if not a.startswith("epochs=")], f"dataset.file={labels}", "augment=cutmix", "loss=asl", "ema.decay=0.9",
+             "label_smoothing=0.1", "dataset.class_weights=auto", "tta=hflip", f"distill.teacher={best}",
+             "dataset.folds=3", "dataset.fold=1"]
     results = run_in_one_process({
         "train": (["train", *TRAIN, f"dataset.file={labels}", f"hydra.run.dir={run_dir}"], root),
         "eval": (["eval", f"checkpoint={best}", f"hydra.run.dir={root / 'eval'}"], root),
@@ -66,11 +69,8 @@ def trained(tmp_path_factory):
         "export": (["export", f"checkpoint={best}", "format=onnx", f"hydra.run.dir={root / 'export'}"], root),
         "eval_onnx": (["eval", f"checkpoint={root / 'export' / 'simple_cnn.onnx'}",
                        f"hydra.run.dir={root / 'eval_onnx'}"], root),
-        "mix": (["train", *TRAIN, f"dataset.file={labels}", "epochs=1", "augment=cutmix", "loss=asl", "ema.decay=0.9",
-                 "label_smoothing=0.1", "dataset.class_weights=auto", "tta=hflip", f"distill.teacher={best}",
-                 "dataset.folds=3", "dataset.fold=1",
-                 f"hydra.run.dir={mix}"], root),
-        "resume": (["train", f"resume={mix}", "epochs=2", "overwrite=true"], root),
+        "mix": (["train", *mixed, "epochs=1", f"hydra.run.dir={mix}"], root),
+        "resume": (["train", *mixed, f"resume={mix}", "epochs=2", "overwrite=true"], root),
         "ensemble": (["eval", f"checkpoint=[{best},{mix / 'checkpoints' / 'best.pt'}]",
                       f"hydra.run.dir={root / 'ensemble'}"], root),
         "single_label_data": (["eval", f"checkpoint={best}", "dataset=digits", f"hydra.run.dir={root / 'digits'}"],
@@ -201,6 +201,9 @@ def test_multilabel_mistakes_are_one_line(tmp_path, trained_run):
         "multiclass_checkpoint": ["eval", f"checkpoint={trained_run.best}", "dataset=csv", f"dataset.file={labels}"],
         "asl_gamma": ["train", "task=multilabel", "dataset=csv", f"dataset.file={labels}", "loss=asl",
                       "loss.gamma_neg=-1"],
+        "check": ["check", "task=multilabel", "dataset=csv", f"dataset.file={labels}"],
+        "lr_find": ["lr_find", "task=multilabel", "dataset=csv", f"dataset.file={labels}", "dataset.image_size=16",
+                    "lr_find.steps=30", f"hydra.run.dir={tmp_path / 'lr'}"],
     }
     results = run_in_one_process({k: (v, tmp_path) for k, v in calls.items()})
     assert_user_error(results["asl_multiclass"], "loss=asl", "task=multiclass")
@@ -212,3 +215,6 @@ def test_multilabel_mistakes_are_one_line(tmp_path, trained_run):
     assert_user_error(results["map_multiclass"], "val_map")
     assert_user_error(results["multiclass_checkpoint"], "multi-label", "multiclass")
     assert_user_error(results["asl_gamma"], "loss.gamma_neg")
+    assert_user_error(results["check"], "imgcls check", "multilabel")
+    assert_ok(results["lr_find"])  # the range test runs on label sets with the task's loss
+    assert len(read_csv(tmp_path / "lr" / "lr_find.csv")) > 5

@@ -154,11 +154,12 @@ def test_label_columns_must_name_each_column_once(label_csvs, columns, message):
 
 
 def test_task_and_kind_of_labels_must_agree(label_csvs):
-    with pytest.raises(UserError, match=r"^dataset 'csv' is multi-label \(label sets per image\); train it with "
-                                        r"task=multilabel\.$"):
+    with pytest.raises(UserError, match=r"^dataset 'csv' is multi-label \(label sets per image\): train it with "
+                                        r"task=multilabel \(a multiclass checkpoint cannot be scored on it\)\.$"):
         load_dataset(csv_cfg(label_csvs["cells"]), seed=0)
-    with pytest.raises(UserError, match=r"^dataset 'digits' has one label per image; task=multilabel needs label "
-                                        r"sets: dataset=csv with a labels column"):
+    with pytest.raises(UserError, match=r"^dataset 'digits' has one label per image; task=multilabel \(a run's, or a "
+                                        r"multilabel checkpoint's\) needs label sets: dataset=csv with a labels "
+                                        r"column"):
         load_dataset({"name": "digits"}, seed=0, task="multilabel")
     with pytest.raises(UserError, match="task must be multiclass or multilabel, not 'multi'"):
         load_dataset({"name": "digits"}, seed=0, task="multi")
@@ -366,5 +367,5 @@ def test_the_cli_says_in_one_line_that_label_sets_need_task_multilabel(label_csv
                                                "dataset.label_columns=[hat,dog,cat,bag]"], tmp_path),
                                   "missing": (["train", "dataset=csv", f"dataset.file={label_csvs['columns']}",
                                                "dataset.label_columns=[hat,owl]"], tmp_path)})
-    assert_user_error(results["columns"], "is multi-label (label sets per image); train it with task=multilabel")
+    assert_user_error(results["columns"], "is multi-label (label sets per image): train it with task=multilabel")
     assert_user_error(results["missing"], "dataset.label_columns names 'owl'")

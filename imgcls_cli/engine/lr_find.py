@@ -25,6 +25,7 @@ from imgcls_cli.errors import UserError, as_float, as_int
 from imgcls_cli.optim import build_optimizer
 from imgcls_cli.rundir import write_csv, write_json
 from imgcls_cli.specs.train import TrainSpec
+from imgcls_cli.tasks import task_of
 
 log = logging.getLogger("imgcls")
 COLUMNS = ["step", "lr", "loss", "smoothed_loss"]
@@ -91,7 +92,7 @@ def range_test(spec: TrainSpec, options: RangeSpec) -> RangeResult:
     """Run the range test with the spec's model, optimizer, data, augmentation and precision."""
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
-    bundle = load_dataset(spec.config["dataset"], spec.seed)
+    bundle = load_dataset(spec.config["dataset"], spec.seed, task=spec.task.name)
     model_normalization(spec.model, spec.config["dataset"], bundle, None)
     channels_last = use_channels_last(spec.channels_last, device)
     model, _, _ = build_model(spec.model, bundle)
@@ -113,8 +114,9 @@ def range_test(spec: TrainSpec, options: RangeSpec) -> RangeResult:
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     log.info(f"lr_find: {options.steps} steps from {options.min_lr:g} to {options.max_lr:g}, batch {batch_size}, "
              f"{spec.optimizer.name}, {len(train.labels)} training images; device {device}, precision {precision}")
-    return _steps(model, loader, optimizer, ratios, build_loss(None, spec.label_smoothing),
-                  lambda: autocast(device, precision), mix, scaler, spec.optimizer.grad_clip_norm, options)
+    return _steps(model, loader, optimizer, ratios, build_loss(None, spec.label_smoothing, spec.task),
+                  lambda: autocast(device, precision), mix, scaler, spec.optimizer.grad_clip_norm, options,
+                  task_of(spec.task.name))
 
 
 def _batches(loader: Any) -> Any:
@@ -127,7 +129,7 @@ def _batches(loader: Any) -> Any:
 
 def _steps(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer, ratios: list[float],
            loss_fn: torch.nn.Module, amp: Any, mix: Any, scaler: Any, clip: float | None,
-           options: RangeSpec) -> RangeResult:
+           options: RangeSpec, task: Any = None) -> RangeResult:
     """The steps of the test; stops when the smoothed loss exceeds diverge x its lowest, or is not finite."""
     model.train()
     lrs: list[float] = []
@@ -136,12 +138,13 @@ def _steps(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer
     avg, best, diverged = 0.0, math.inf, False  # avg: the loss's moving average, debiased by 1 - beta^(step + 1)
     beta = options.smoothing
     batches = _batches(loader)
+    step_options = StepOptions() if task is None else StepOptions(task=task)
     for step in range(options.steps):
         lr = options.lr(step)
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = lr * ratio
         x, y = next(batches)
-        _, _, _, total, _ = forward_batch(model, x, y, loss_fn, amp, mix, StepOptions())
+        _, _, _, total, _ = forward_batch(model, x, y, loss_fn, amp, mix, step_options)
         loss = float(total.detach())
         if not math.isfinite(loss):
             diverged = True

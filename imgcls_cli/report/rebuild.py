@@ -85,8 +85,8 @@ def rebuilt_images(run_dir: Path, kind: str) -> tuple[ImageSource | None, str]:
     from imgcls_cli.engine.eval_data import file_base, recorded_cwd
 
     folder = run_dir / "eval" if kind == "train" else run_dir
-    if not (folder / "predictions.csv").is_file():
-        return None, ""
+    if not (folder / "predictions.csv").is_file() or (folder / "per_label.csv").is_file():
+        return None, ""  # none evaluated, or multilabel: no confusion matrix to show the images of
     try:
         dataset, seed, split = _dataset(run_dir, kind)
         if dataset is None:

@@ -56,6 +56,9 @@ class CheckSpec:
               dataset_configs: Mapping[str, dict[str, Any]] | None = None) -> CheckSpec:
         """The check config (plain dicts): the train keys first, then the check's own."""
         train = TrainSpec.parse(cfg, explicit_keys, dataset_configs)
+        if train.task.multilabel:
+            raise UserError("imgcls check reads one label an image; task=multilabel datasets are not checked (their "
+                            "duplicates, leaks and label errors would need label sets throughout).")
         labels, write_clean = _flag(cfg, "labels"), _flag(cfg, "write_clean")
         fail_on = _fail_on(cfg.get("fail_on"))
         own = cfg.get("check") or {}
