@@ -49,6 +49,7 @@ class Model:
         from imgcls_cli.engine.predictor import predict
         from imgcls_cli.engine.reports import prediction_rows
         from imgcls_cli.specs.eval import check_topk
+        from imgcls_cli.tasks import task_of
 
         topk = check_topk(topk)
         spec = InputSpec.from_checkpoint(self.checkpoint)
@@ -59,7 +60,7 @@ class Model:
         batches = ((spec.normalize(torch.from_numpy(np.stack(good[i:i + batch_size])).to(self.device))
                     .contiguous(memory_format=memory), None) for i in range(0, len(good), batch_size))
         multilabel = self.checkpoint.get("task") == "multilabel"
-        probs = predict(self._model, batches, self._amp, activation="sigmoid" if multilabel else "softmax"
+        probs = predict(self._model, batches, self._amp, activation=task_of(self.checkpoint.get("task")).activation
                         ).outputs.numpy() if good else np.zeros((0, len(self.classes)), np.float32)
         if multilabel:
             from imgcls_cli.engine.labelsets import prediction_rows as label_set_rows

@@ -5,7 +5,7 @@ multilabel: zero or more labels an image, a multi-hot (N, K) target; a sigmoid p
 the asymmetric loss), accuracy = subset accuracy (every label decided right at 0.5, scikit-learn's accuracy_score
 on multi-hot data), and the mean average precision over the labels, which chooses best.pt.
 
-The engine asks the task instead of branching on it: the probabilities of logits, the labels an epoch's accuracy
+The engine asks the task instead of branching on it: the activation of its logits, the labels an epoch's accuracy
 counts, the validation loss and scores.
 """
 from __future__ import annotations
@@ -25,14 +25,8 @@ DEFAULT = "multiclass"
 
 class Multiclass:
     name = "multiclass"
-    activation = "softmax"
-    best_metric = "val_accuracy"  # what chooses best.pt unless early_stopping.metric says otherwise
+    activation = "softmax"  # what predictor.forward turns logits into
     scores_columns: tuple[str, ...] = ()  # scores() keys, metrics.csv columns val_<key>
-    columns: tuple[str, ...] = ()
-
-    @staticmethod
-    def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits, 1)
 
     @staticmethod
     def counted(target: torch.Tensor) -> torch.Tensor:
@@ -57,13 +51,7 @@ class Multiclass:
 class Multilabel:
     name = "multilabel"
     activation = "sigmoid"
-    best_metric = "val_map"
     scores_columns = ("map",)
-    columns = ("val_map",)
-
-    @staticmethod
-    def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
 
     @staticmethod
     def counted(target: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from imgcls_cli.export.runtime import model_from_checkpoint  # noqa: F401  (dist
 from imgcls_cli.models.heads import head_name
 from imgcls_cli.rundir import write_csv, write_text_atomic
 from imgcls_cli.specs.eval import EvalSpec, check_batch_size, check_tta  # noqa: F401  (check_tta: train.py's)
+from imgcls_cli.tasks import task_of
 
 log = logging.getLogger("imgcls")
 # Dataset keys that choose the splits: set on the eval command line, they win over the run's splits.csv.
@@ -145,7 +146,7 @@ def score_checkpoint(checkpoint: str, spec: EvalSpec, dev: torch.device, prec: s
                          num_workers=spec.num_workers, channels_last=channels_last)
     head = head_name(model, len(ckpt["classes"])) if spec.features else None
     result = predict(model, loader, amp, tta=spec.tta, head=head,
-                     activation="sigmoid" if is_multilabel(ckpt) else "softmax")
+                     activation=task_of(ckpt.get("task")).activation)
     classes, ref_classes = [str(c) for c in ckpt["classes"]], [str(c) for c in ref["classes"]]
     probs = result.outputs  # this model's outputs in the reference's class order
     if classes != ref_classes and len(probs):

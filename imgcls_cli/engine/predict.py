@@ -25,6 +25,7 @@ from imgcls_cli.export.runtime import load_for_inference
 from imgcls_cli.plots import GRID_TITLE_CHARS, image_grid_figure, save_figure, shorten
 from imgcls_cli.rundir import file_kind, write_csv, write_json
 from imgcls_cli.specs.predict import PredictSpec
+from imgcls_cli.tasks import task_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -146,7 +147,7 @@ def run_predict(spec: PredictSpec, run_dir: str | Path) -> dict[str, Any]:
     batches = _decoded(loader, errors, shown, inputs, dev, torch.channels_last if channels_last else
                        torch.contiguous_format)
     multilabel = is_multilabel(ckpt)
-    probs_np = predict(model, batches, amp, activation="sigmoid" if multilabel else "softmax").outputs.numpy()
+    probs_np = predict(model, batches, amp, activation=task_of(ckpt.get("task")).activation).outputs.numpy()
     seconds = time.perf_counter() - start
     if len(probs_np) == 0:
         probs_np = np.zeros((0, len(classes)), np.float32)
