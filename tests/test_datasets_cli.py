@@ -24,7 +24,8 @@ def image_folder_runs(tmp_path_factory):
     assert_ok(train)
     write_mode(base / "photos" / "digit 0" / "added_later", np.zeros((20, 20), np.uint8), 0)
     write_tree(base / "elsewhere", n=100)
-    # Streaming starts DataLoader workers: a real subprocess; the evals and the mistakes run through cli.main.
+    # Streaming starts DataLoader workers: a real subprocess; the evals, the mistakes, a k-fold sweep and a cutmix
+    # run (which start no other process) run through cli.main in one child process.
     stream = run_cli("train", *common, "dataset.in_memory=false", "num_workers=1", f"hydra.run.dir={base / 'stream'}",
                      cwd=base)
     runs = run_in_one_process({
@@ -36,6 +37,10 @@ def image_folder_runs(tmp_path_factory):
         "strict": (["train", *common, "dataset.on_bad_file=error"], base),
         "no_root": (["train", "dataset=imagefolder"], base),
         "missing_mnist": (["train", "dataset=mnist", f"dataset.root={base / 'nothing'}"], base),
+        "kfold": (["train", "-m", "dataset.folds=3", "dataset.fold=0,1,2", "epochs=1", "model.widths=[8,16,16]",
+                   "model.hidden=32", "dataset.image_size=16", f"hydra.sweep.dir={base / 'cv'}"], base),
+        "cutmix": (["train", "augment=cutmix", "epochs=2", "model.widths=[8,16,16]", "model.hidden=32",
+                    f"hydra.run.dir={base / 'cutmix'}"], base),
     })
     return base, bad, train, {**runs, "stream": stream}
 
@@ -87,15 +92,15 @@ def test_dataset_mistakes_are_one_line(image_folder_runs):
     assert_user_error(runs["missing_mnist"], "nothing", "dataset.download=true")
 
 
-def test_kfold_sweep_shows_mean_and_std(tmp_path):
-    result = run_cli("train", "-m", "dataset.folds=3", "dataset.fold=0,1,2", "epochs=1", "model.widths=[8,16,16]",
-                     "model.hidden=32", "dataset.image_size=16", f"hydra.sweep.dir={tmp_path / 'cv'}", cwd=tmp_path)
+def test_kfold_sweep_shows_mean_and_std(image_folder_runs):
+    base, _, _, runs = image_folder_runs
+    result = runs["kfold"]
     assert_ok(result)
-    rows = read_csv(tmp_path / "cv" / "summary.csv")
+    rows = read_csv(base / "cv" / "summary.csv")
     assert [r["status"] for r in rows] == ["completed"] * 3  # one row per job, the spread is only printed
     assert "mean ± std of 3 completed" in result.stdout
     vals = [set(r["index"] for r in read_csv(p / "splits.csv") if r["split"] == "val")
-            for p in sorted((tmp_path / "cv").iterdir()) if p.is_dir()]
+            for p in sorted((base / "cv").iterdir()) if p.is_dir()]
     assert len(vals) == 3 and not (vals[0] & vals[1]) and not (vals[1] & vals[2])
 
 
@@ -111,12 +116,12 @@ def test_fashion_mnist_from_the_debian_package_reaches_85_percent(tmp_path):
     assert read_json(tmp_path / "run" / "eval" / "metrics.json")["num_samples"] == 2000
 
 
-def test_mixing_preset_trains_and_previews_mixed_labels(tmp_path):
+def test_mixing_preset_trains_and_previews_mixed_labels(image_folder_runs):
     """augment=cutmix: soft targets reach the loss, the run completes, and the preview shows the mixed batch."""
-    result = run_cli("train", "augment=cutmix", "epochs=2", "model.widths=[8,16,16]", "model.hidden=32",
-                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert_ok(result)
-    summary = read_json(tmp_path / "run" / "summary.json")
+    base, _, _, runs = image_folder_runs
+    assert_ok(runs["cutmix"])
+    assert runs["cutmix"].run_dir == base / "cutmix"
+    summary = read_json(base / "cutmix" / "summary.json")
     assert summary["status"] == "completed" and summary["test_accuracy"] > 0.3  # it learns from mixed batches
-    preview = tmp_path / "run" / "plots" / "augment_preview.png"
+    preview = base / "cutmix" / "plots" / "augment_preview.png"
     assert preview.read_bytes().startswith(b"\x89PNG")

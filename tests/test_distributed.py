@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from conftest import (assert_ok, assert_user_error, cli_env, files_under, read_csv, read_json, run_cli,
-                      wait_for_mid_epoch_checkpoint)
+                      run_in_one_process, wait_for_mid_epoch_checkpoint)
 from imgcls_cli.data.loader import DeviceLoader
 from imgcls_cli.engine.distributed import Dist, nproc_from, prepare
 from imgcls_cli.errors import UserError
@@ -126,8 +126,12 @@ def test_what_data_parallel_training_refuses_is_one_line(tmp_path):
     assert_user_error(sync_bn, "sync_bn", "CUDA")
     assert not (tmp_path / "a" / "outputs" / "train").exists() or all(
         read_json(p / "summary.json")["status"] == "failed" for p in (tmp_path / "a" / "outputs" / "train").iterdir())
-    assert_user_error(run_cli("train", "distributed.nproc=2", "-m", "seed=0,1", cwd=tmp_path), "-m")
-    assert_user_error(run_cli("train", "distributed.nproc=two", cwd=tmp_path), "distributed.nproc")
+    # Refused by the command line before any process starts: cli.main in one child process (the same exit status
+    # and stderr as typed).
+    refused = run_in_one_process({"sweep": (["train", "distributed.nproc=2", "-m", "seed=0,1"], tmp_path),
+                                  "nproc": (["train", "distributed.nproc=two"], tmp_path)})
+    assert_user_error(refused["sweep"], "-m")
+    assert_user_error(refused["nproc"], "distributed.nproc")
 
 
 # ------------------------------------------------------------------------------------------ the parts, in-process

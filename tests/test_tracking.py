@@ -89,59 +89,78 @@ def test_resume_continues_the_same_mlflow_run(tracked):
     assert client.get_run(first["run_id"]).data.metrics["epochs_completed"] == 3
 
 
-def test_sweep_is_a_parent_run_with_a_child_per_job(tmp_path):
-    result = run_cli("train", "-m", "seed=0,1", *SMALL, "epochs=1", "tracking=mlflow",
-                     "tracking.experiment=sweeps", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def tracked_sweep(tmp_path_factory) -> Path:
+    """`imgcls train -m optimizer.lr=0.01,0.001 tracking=mlflow tensorboard=true`: one sweep that both trackers
+    record (the mlflow parent run and its children; each job's TensorBoard hparams session)."""
+    cwd = tmp_path_factory.mktemp("tracked_sweep")
+    result = run_cli("train", "-m", "optimizer.lr=0.01,0.001", *SMALL, "epochs=1", "tracking=mlflow",
+                     "tracking.experiment=sweeps", "tensorboard=true", f"hydra.sweep.dir={cwd / 'sweep'}", cwd=cwd)
     assert_ok(result)
-    client = local_client(tmp_path)
+    return cwd
+
+
+def test_sweep_is_a_parent_run_with_a_child_per_job(tracked_sweep):
+    client = local_client(tracked_sweep)
     experiment = client.get_experiment_by_name("sweeps")
     runs = client.search_runs([experiment.experiment_id])
-    parent = read_json(tmp_path / "sweep" / "mlflow.json")["run_id"]
+    parent = read_json(tracked_sweep / "sweep" / "mlflow.json")["run_id"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     assert len(runs) == 3 and len(children) == 2
-    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
+    assert sorted(r.data.params["optimizer.lr"] for r in children) == ["0.001", "0.01"]
     assert all(r.info.status == "FINISHED" and r.data.tags["status"] == "completed" for r in children)
     top = client.get_run(parent)
     assert top.info.status == "FINISHED" and top.data.tags["sweep"] == "true"
     assert {"summary.csv", "sweep_report.html"} <= {a.path for a in client.list_artifacts(parent)}
     for child in children:  # each job's folder records its own child run
         job = Path(child.data.tags["run_dir"])
-        assert job.parent == (tmp_path / "sweep").resolve()
+        assert job.parent == (tracked_sweep / "sweep").resolve()
         assert read_json(job / "mlflow.json")["run_id"] == child.info.run_id
 
 
-def test_unreachable_tracking_server_is_one_warning(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory) -> dict:
+    """The runs that start no other process, each `imgcls train ...` in one child process (run_in_one_process: the
+    same exit status, stdout and stderr): a server that does not answer (mlflow told to give up at once), a run
+    refused after it started, and three mistakes; each in a folder of its own."""
+    base = tmp_path_factory.mktemp("tracking_in_process")
+    calls = {"unreachable": (["train", *SMALL, "epochs=1", "tracking=mlflow", "tracking.uri=http://127.0.0.1:9",
+                              f"hydra.run.dir={base / 'unreachable' / 'run'}"], base / "unreachable"),
+             "failed": (["train", *SMALL, "dataset.max_train_samples=1", "tracking=mlflow",
+                         f"hydra.run.dir={base / 'failed' / 'run'}"], base / "failed"),
+             "group": (["train", "tracking=mlfow", *SMALL], base / "mistakes"),
+             "key": (["train", "tracking.backend=mlfow", *SMALL], base / "mistakes"),
+             "checkpoints": (["train", "tracking=mlflow", "tracking.log_checkpoints=yes", *SMALL], base / "mistakes")}
+    return {"base": base, "results": run_in_one_process(calls, env={**cli_env(), **QUICK_HTTP})}
+
+
+def test_unreachable_tracking_server_is_one_warning(in_process):
     """A tracking server that does not answer: the run completes as it would have, with one warning line."""
-    for key, value in QUICK_HTTP.items():
-        monkeypatch.setenv(key, value)
-    result = run_cli("train", *SMALL, "epochs=1", "tracking=mlflow", "tracking.uri=http://127.0.0.1:9",
-                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result, run_dir = in_process["results"]["unreachable"], in_process["base"] / "unreachable" / "run"
     assert_ok(result)
-    assert read_json(tmp_path / "run" / "summary.json")["status"] == "completed"
+    assert result.run_dir == run_dir
+    assert read_json(run_dir / "summary.json")["status"] == "completed"
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "mlflow" in line.lower()]
     assert len(lines) == 1 and "tracking: mlflow failed" in lines[0], lines
     assert "Traceback" not in result.stderr
 
 
-def test_tracking_mistakes_are_one_line(tmp_path):
-    hidden = tmp_path / "no_mlflow"
-    hidden.mkdir()
-    for module in ("mlflow", "tensorboard"):
-        (hidden / f"{module}.py").write_text(f"raise ImportError(\"No module named '{module}'\")\n")
-    calls = {"group": (["train", "tracking=mlfow", *SMALL], tmp_path),
-             "key": (["train", "tracking.backend=mlfow", *SMALL], tmp_path),
-             "checkpoints": (["train", "tracking=mlflow", "tracking.log_checkpoints=yes", *SMALL], tmp_path)}
-    results = run_in_one_process(calls)
+def test_tracking_mistakes_are_one_line(in_process):
+    results, cwd = in_process["results"], in_process["base"] / "mistakes"
     assert "mlflow" in assert_user_error(results["group"], "tracking", "mlfow")
     assert "Did you mean mlflow?" in assert_user_error(results["key"], "tracking backend")
     assert_user_error(results["checkpoints"], "tracking.log_checkpoints must be true or false")
+    hidden = cwd / "no_mlflow"
+    hidden.mkdir()
+    for module in ("mlflow", "tensorboard"):
+        (hidden / f"{module}.py").write_text(f"raise ImportError(\"No module named '{module}'\")\n")
     env = {**cli_env(), "PYTHONPATH": str(hidden)}
-    missing = run_in_one_process({"mlflow": (["train", "tracking=mlflow", *SMALL], tmp_path),
-                                  "tensorboard": (["train", "tensorboard=true", *SMALL], tmp_path)}, env=env)
+    missing = run_in_one_process({"mlflow": (["train", "tracking=mlflow", *SMALL], cwd),
+                                  "tensorboard": (["train", "tensorboard=true", *SMALL], cwd)}, env=env)
     line = assert_user_error(missing["mlflow"], "pip install 'imgcls[mlflow]'")
     assert line.startswith("error: tracking=mlflow needs the mlflow package")
     assert_user_error(missing["tensorboard"], "needs the tensorboard package: pip install 'imgcls[tensorboard]'")
-    assert not (tmp_path / "outputs" / "mlflow").exists()  # refused before anything was recorded
+    assert not (cwd / "outputs" / "mlflow").exists()  # refused before anything was recorded
 
 
 def documented_command(program: str) -> list[str]:
@@ -240,13 +259,10 @@ def test_tensorboard_holds_epochs_steps_images_and_hparams(tracked):
     assert metrics["hparam/best_val_accuracy"] == pytest.approx(summary["best_val_accuracy"])
 
 
-def test_tensorboard_hparams_compare_a_sweeps_jobs(tmp_path):
+def test_tensorboard_hparams_compare_a_sweeps_jobs(tracked_sweep):
     """imgcls train -m optimizer.lr=... tensorboard=true: each job's hparams session names its lr, against its own
     test accuracy (what TensorBoard's HPARAMS tab lists for the sweep folder)."""
-    result = run_cli("train", "-m", "optimizer.lr=0.01,0.001", *SMALL, "epochs=1", "tensorboard=true",
-                     f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert_ok(result)
-    jobs = sorted((tmp_path / "sweep").glob("*/tensorboard"))
+    jobs = sorted((tracked_sweep / "sweep").glob("*/tensorboard"))
     assert len(jobs) == 2
     seen = {}
     for folder in jobs:
@@ -271,14 +287,13 @@ def test_the_documented_tensorboard_command_finds_the_run(tracked):
     assert all(tag in text for tag in ("train_loss", "confusion_matrix", "augment_preview", "train/lr"))
 
 
-def test_a_run_that_fails_is_a_failed_mlflow_run(tmp_path):
+def test_a_run_that_fails_is_a_failed_mlflow_run(in_process):
     """A run refused after it started (one class in the training split) is recorded, as failed, with its
     config and summary.json: never a lost run."""
-    result = run_cli("train", *SMALL, "dataset.max_train_samples=1", "tracking=mlflow",
-                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert_user_error(result, "one class")
-    client = local_client(tmp_path)
-    run = client.get_run(read_json(tmp_path / "run" / "mlflow.json")["run_id"])
+    cwd = in_process["base"] / "failed"
+    assert_user_error(in_process["results"]["failed"], "one class")
+    client = local_client(cwd)
+    run = client.get_run(read_json(cwd / "run" / "mlflow.json")["run_id"])
     assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
-    assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
+    assert read_json(cwd / "run" / "summary.json")["status"] == "failed"
     assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

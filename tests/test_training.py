@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli
+from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli, run_in_one_process
 from imgcls_cli.engine.ema import EMA, build_ema
 from imgcls_cli.engine.state import EarlyStopping
 from imgcls_cli.errors import UserError
@@ -64,19 +64,24 @@ def test_ema_copies_the_model_without_the_hooks_of_other_features():
 
 
 def test_early_stopping_ema_and_val_every_through_the_cli(tmp_path):
-    """An lr too small to learn: val accuracy never improves after epoch 1, so patience 1 stops at epoch 2."""
+    """An lr too small to learn: val accuracy never improves after epoch 1, so patience 1 stops at epoch 2. Both runs
+    through cli.main in one child process (conftest.run_in_one_process: the same exit status and output)."""
     run_dir = tmp_path / "run"
-    result = run_cli("train", *[a for a in TINY if not a.startswith("epochs=")], "epochs=6", "optimizer.lr=1e-12",
-                     "early_stopping.patience=1", "ema.decay=0.9", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    results = run_in_one_process({
+        "stopped": (["train", *[a for a in TINY if not a.startswith("epochs=")], "epochs=6", "optimizer.lr=1e-12",
+                     "early_stopping.patience=1", "ema.decay=0.9", f"hydra.run.dir={run_dir}"], tmp_path),
+        "sparse": (["train", *TINY, "val_every=3", "tensorboard=true", f"hydra.run.dir={tmp_path / 'sparse'}"],
+                   tmp_path),
+    })
+    result = results["stopped"]
     assert_ok(result)
+    assert result.run_dir == run_dir
     rows = read_csv(run_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and "early stopping" in result.stdout
     assert rows[0]["ema_val_accuracy"] != "" and (run_dir / "checkpoints" / "best_ema.pt").is_file()
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "completed" and summary["early_stopped"] and summary["best_epoch"] == 1
-    sparse = run_cli("train", *TINY, "val_every=3", "tensorboard=true", f"hydra.run.dir={tmp_path / 'sparse'}",
-                     cwd=tmp_path)
-    assert_ok(sparse)
+    assert_ok(results["sparse"])
     rows = read_csv(tmp_path / "sparse" / "metrics.csv")
     assert [r["epoch"] for r in rows if r["val_accuracy"]] == ["3", "4"]  # every third epoch, and the last
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

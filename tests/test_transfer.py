@@ -187,12 +187,10 @@ def test_lambda_ramp_is_the_dann_schedule():
 
 # ---------------------------------------------------------------------------------------------------- the CLI
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A tiny simple_cnn on 3-channel synthetic images: the model the CLI runs fine-tune from."""
-    base = tmp_path_factory.mktemp("pretrained")
-    result = run_cli("train", *TINY, f"hydra.run.dir={base / 'run'}", cwd=base)
-    assert_ok(result)
-    return base / "run" / "checkpoints" / "best.pt"
+def pretrained(trained_run):
+    """A tiny simple_cnn on 3-channel synthetic images (conftest's session run, `imgcls train <TINY>`): the model
+    the CLI runs fine-tune from."""
+    return trained_run.best
 
 
 def _load(path):

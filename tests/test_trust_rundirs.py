@@ -2,7 +2,9 @@
 (overwrite=true), a completed run never resumed by mistake, stale temporary files cleaned on resume, and a
 directory that cannot be made is one line.
 
-One tiny training run is shared (copied per test); the refusals are cheap CLI calls run a few at a time.
+One tiny training run is shared (copied per test); the refusals are cheap CLI calls, run one after the other by
+cli.main in one child process (conftest.run_in_one_process: the same exit status and stderr as typed). Real
+subprocesses hold and contend for the locks.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Result, assert_ok, assert_user_error, cli_env, read_json, run_cli, run_many
+from conftest import Result, assert_ok, assert_user_error, cli_env, read_json, run_cli, run_in_one_process
 
 # Smaller than conftest's TINY: these tests are about the files, not what the model learns.
 ONE_EPOCH = ["dataset=synthetic", "dataset.num_samples=150", "dataset.image_size=16", "batch_size=32",
@@ -161,7 +163,7 @@ def test_the_resolver_gives_one_directory_per_process_however_often_it_is_resolv
 def test_a_rerun_or_resume_into_a_finished_run_is_refused_and_leaves_it_byte_identical(finished, tmp_path):
     run_dir = copy_of(finished, tmp_path / "run")
     before = snapshot(run_dir)
-    results = run_many({
+    results = run_in_one_process({
         "rerun": (["train", *ONE_EPOCH, f"hydra.run.dir={run_dir}"], tmp_path),
         "resume": (["train", *ONE_EPOCH, "epochs=2", f"resume={run_dir}"], tmp_path),
         "resume_last": (["train", *ONE_EPOCH, f"resume={run_dir / 'checkpoints' / 'last.pt'}"], tmp_path),
@@ -229,7 +231,7 @@ def test_unusable_directories_are_one_line(tmp_path, finished):
     before["project"] = snapshot(project)
     ckpt = f"checkpoint={finished / 'checkpoints' / 'best.pt'}"
     long_name = "outputs/" + "r" * 300
-    results = run_many({
+    results = run_in_one_process({
         "proc": (["train", *ONE_EPOCH, "hydra.run.dir=/proc/imgcls/run"], tmp_path),
         "sys": (["train", *ONE_EPOCH, "hydra.run.dir=/sys/imgcls-run"], tmp_path),
         "long": (["train", *ONE_EPOCH, f"hydra.run.dir={long_name}"], tmp_path),
