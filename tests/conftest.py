@@ -64,7 +64,7 @@ RUN_DIR_LINE = re.compile(r"^Run directory: (.+)$")
 # start at once and the short ones fill in at the end, so that both workers finish together. Files not listed
 # (in-process unit tests, seconds each) come after, in their usual order.
 COSTLIEST_FIRST = [
-    "test_cli.py", "test_tracking.py", "test_timm.py", "test_datasets_cli.py", "test_export.py", "test_resume.py",
+    "test_cli.py", "test_tracking.py", "test_timm.py", "test_datasets_cli.py", "test_multilabel_cli.py", "test_export.py", "test_resume.py",
     "test_lr_find.py", "test_export_runtime.py", "test_transfer.py", "test_docs.py", "test_distributed.py",
     "test_model_zoo_cli.py", "test_launchers.py", "test_training.py", "test_trust_training.py", "test_api.py",
     "test_explain.py", "test_models.py", "test_trust_eval.py", "test_benchmark_runner.py", "test_trust_rundirs.py",
