@@ -37,10 +37,10 @@ def test_every_benchmark_the_runner_names_exists():
         assert (BENCHMARKS / full[0]).is_file() and (BENCHMARKS / quick[0]).is_file(), name
     scripts = {p.name for p in BENCHMARKS.glob("*.py")} - {"run.py", "machine.py"}
     covered = {full[0] for full, _ in runner.BENCHMARKS.values()}
-    # the measurements behind single docs sections (CPU formats, transfer, domain adaptation, the GPU path) run on
+    # the measurements behind single docs sections (CPU formats, transfer, domain adaptation, multi-label, the GPU path) run on
     # their own, and so does the bitwise baseline (a check of results, not a speed)
     assert scripts - covered <= {"cpu_formats.py", "transfer.py", "domain.py", "gpu.py", "bitwise_baseline.py",
-                                  "check.py"}
+                                  "check.py", "multilabel.py"}
 
 
 def test_the_readme_gets_the_tables_between_its_markers_and_nothing_else_changes():
