@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, assert_ok, assert_user_error, read_csv, read_json, run_cli, run_in_one_process
+from conftest import TINY, TINY_EPOCHS, assert_ok, assert_user_error, read_csv, read_json, run_cli, run_in_one_process
 from imgcls_cli.engine.ema import EMA, build_ema
 from imgcls_cli.engine.state import EarlyStopping
 from imgcls_cli.errors import UserError
@@ -72,6 +72,8 @@ def test_early_stopping_ema_and_val_every_through_the_cli(tmp_path):
                      "early_stopping.patience=1", "ema.decay=0.9", f"hydra.run.dir={run_dir}"], tmp_path),
         "sparse": (["train", *TINY, "val_every=3", "tensorboard=true", f"hydra.run.dir={tmp_path / 'sparse'}"],
                    tmp_path),
+        "no_val": (["train", *TINY, "dataset.val_fraction=0.0", "ema.decay=0.9", f"hydra.run.dir={tmp_path / 'nv'}"],
+                   tmp_path),
     })
     result = results["stopped"]
     assert_ok(result)
@@ -91,6 +93,18 @@ def test_early_stopping_ema_and_val_every_through_the_cli(tmp_path):
     losses = [e.value for e in events.Scalars("train_loss")]
     assert losses == pytest.approx([float(r["train_loss"]) for r in rows], rel=1e-5)
     assert [e.step for e in events.Scalars("val_accuracy")] == [3, 4]
+    # No validation split: best_ema.pt still holds the averaged weights, the last epoch's (not a silent no-op).
+    assert_ok(results["no_val"])
+    checkpoints = tmp_path / "nv" / "checkpoints"
+    ema = torch.load(checkpoints / "best_ema.pt", weights_only=True)
+    last = torch.load(checkpoints / "last.pt", weights_only=True)
+    assert ema["epoch"] == TINY_EPOCHS == last["epoch"]
+    assert ema["state_dict"].keys() == last["ema"]["state_dict"].keys()
+    # the same averaged weights; batch-norm statistics are recomputed for them (bn_recalibrate), as for best.pt
+    weights = [k for k in ema["state_dict"] if "running_" not in k and "num_batches" not in k]
+    assert weights and all(torch.equal(ema["state_dict"][k], last["ema"]["state_dict"][k]) for k in weights)
+    model = torch.load(checkpoints / "best.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(v, model[k]) for k, v in ema["state_dict"].items())
 
 
 def test_compile_trains_and_saves_plain_checkpoints(tmp_path):

@@ -2,7 +2,7 @@
 
 A feature on the TrainState seam: attach() registers it under "ema" (its state in last.pt, its best validation
 accuracy in last.pt's "best"), and its hooks update it after every optimizer step, recompute its batch-norm
-statistics with the model's, validate it and keep best_ema.pt."""
+statistics with the model's, validate it and keep best_ema.pt (without a validation split: the latest average)."""
 from __future__ import annotations
 
 import copy
@@ -62,6 +62,11 @@ class EMA:
             state.save_model("best_ema.pt", self.state_dict()["state_dict"],
                              {"val_accuracy": accuracy, "val_loss": row["ema_val_loss"]})
         return f"  ema_val_acc {accuracy:.4f}"
+
+    def without_validation(self, state: TrainState) -> None:
+        """No validation split (dataset.val_fraction=0): best_ema.pt holds the average as the epoch ends it, as
+        best.pt follows the training accuracy; the last epoch's is the one the run keeps."""
+        state.save_model("best_ema.pt", self.state_dict()["state_dict"], {})
 
 
 HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",

@@ -131,6 +131,8 @@ def end_epoch(run: Run, t: Training, eval_net: nn.Module, result: EpochResult, l
             state.save_model("best.pt", weights, {k: v for k, v in row.items() if k != "epoch"})
         if validated:
             state.stopper.count(improved)
+        for part in () if t.has_val else state.active("without_validation"):
+            part.without_validation(state)
     state.save_last(lambda: weights, None, state.bn_stats() if recal and run.main else None)
     return row, improved, texts
 

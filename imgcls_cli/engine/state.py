@@ -32,7 +32,8 @@ class Part(Stateful, Protocol):
     """A registered feature. Optional hooks, called on every part that has them:
     after_step(model) after each optimizer step; eval_modules() -> modules whose batch-norm statistics are
     recomputed with the model's; after_validation(state, row, evaluate) -> text for the epoch's log line, where
-    evaluate(module) gives (val_loss, val_accuracy); `columns`, the metrics.csv columns it adds."""
+    evaluate(module) gives (val_loss, val_accuracy); without_validation(state) after each epoch of a run with no
+    validation split; `columns`, the metrics.csv columns it adds."""
 
 
 def seed_everything(seed: int) -> None:
