@@ -47,7 +47,7 @@ class Model:
 
         from imgcls_cli.data.inputs import InputSpec
         from imgcls_cli.engine.predictor import predict
-        from imgcls_cli.engine.reports import prediction_rows
+        from imgcls_cli.engine.predict import checkpoint_rows
         from imgcls_cli.specs.eval import check_topk
         from imgcls_cli.tasks import task_of
 
@@ -62,13 +62,7 @@ class Model:
         multilabel = self.checkpoint.get("task") == "multilabel"
         probs = predict(self._model, batches, self._amp, activation=task_of(self.checkpoint.get("task")).activation
                         ).outputs.numpy() if good else np.zeros((0, len(self.classes)), np.float32)
-        if multilabel:
-            from imgcls_cli.engine.labelsets import prediction_rows as label_set_rows
-
-            rows, _ = label_set_rows(probs, self.classes, self.checkpoint["thresholds"], names, "input", topk,
-                                     errors=errors)
-        else:
-            rows, _ = prediction_rows(probs, self.classes, names, "input", topk, errors=errors)
+        rows, _ = checkpoint_rows(self.checkpoint, probs, self.classes, names, "input", topk, errors)
         return [_entry(row, topk, multilabel) for row in rows]
 
 

@@ -50,11 +50,12 @@ def build_model(model: ModelSpec, bundle: DatasetBundle) -> tuple[nn.Module, str
 def log_class_counts(bundle: DatasetBundle) -> None:
     labels = bundle.splits["train"].labels
     multilabel = labels.ndim == 2
-    counts = labels.sum(0).long().tolist() if multilabel else torch.bincount(labels, minlength=bundle.num_classes).tolist()
+    counts = (labels.sum(0).long() if multilabel else torch.bincount(labels, minlength=bundle.num_classes)).tolist()
     sizes = ", ".join(f"{s} {len(bundle.splits[s])}" for s in bundle.splits)
     log.info(f"dataset {bundle.name}: {bundle.num_classes} classes, {bundle.channels}x{bundle.image_size}x"
              f"{bundle.image_size}, {sizes}")
-    log.info(f"train images per {'label' if multilabel else 'class'}: " + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
+    log.info(f"train images per {'label' if multilabel else 'class'}: "
+             + ", ".join(f"{c} {n}" for c, n in zip(bundle.classes, counts)))
 
 
 def model_normalization(model: ModelSpec, dataset_cfg: dict[str, Any], bundle: DatasetBundle,

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from imgcls_cli.checkpoint import load_checkpoint, save_checkpoint
+from imgcls_cli.checkpoint import save_checkpoint
 from imgcls_cli.rundir import write_csv
 
 log = logging.getLogger("imgcls")
@@ -70,12 +70,12 @@ def write_reports(out_dir: str | Path, probs: np.ndarray, targets: np.ndarray, c
     return metrics
 
 
-def tune_and_save(path: Path, probs: np.ndarray, targets: np.ndarray, fixed: Any) -> list[float]:
+def tune_and_save(path: Path, ckpt: dict[str, Any], probs: np.ndarray, targets: np.ndarray, fixed: Any
+                  ) -> list[float]:
     """Each label's threshold (fixed: threshold= as given; else the one that maximizes the label's F1 on these
-    validation rows), written into the checkpoint at path (atomically); returns them."""
+    validation rows), written into ckpt, the checkpoint read from path, and saved there (atomically); returns them."""
     from imgcls_cli.multilabel.metrics import check_thresholds, tune_thresholds
 
-    ckpt = load_checkpoint(path)
     labels = len(ckpt["classes"])
     if fixed is not None:
         chosen = check_thresholds(fixed, labels)

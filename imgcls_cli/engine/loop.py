@@ -117,10 +117,10 @@ def end_epoch(run: Run, t: Training, eval_net: nn.Module, result: EpochResult, l
         row, texts = metrics_row(t, eval_net, result, lr, started, validated)
         state.rows.append(row)
         if run.main:
-            write_csv(run.run_dir / "metrics.csv", state.rows, [*METRIC_COLUMNS, *(f"val_{k}" for k in t.step_options.task.scores_columns),
-                                                                *state.columns(),
-                                                                *(DOMAIN_COLUMNS if t.adversary else ()),
-                                                                *(DISTILL_COLUMNS if t.spec.distill.teacher else ())])
+            columns = [*METRIC_COLUMNS, *(f"val_{k}" for k in t.step_options.task.scores_columns),
+                       *state.columns(), *(DOMAIN_COLUMNS if t.adversary else ()),
+                       *(DISTILL_COLUMNS if t.spec.distill.teacher else ())]
+            write_csv(run.run_dir / "metrics.csv", state.rows, columns)
         if run.main:
             run.tracking.log_epoch(state.epoch, row)
         score = state.stopper.score(row) if t.has_val else result.accuracy

@@ -151,10 +151,7 @@ def run_predict(spec: PredictSpec, run_dir: str | Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     if len(probs_np) == 0:
         probs_np = np.zeros((0, len(classes)), np.float32)
-    names = [str(p) for p in paths]
-    rows, columns = labelsets.prediction_rows(probs_np, classes, ckpt["thresholds"], names, "path", spec.topk,
-                                              errors=errors) if multilabel else \
-        prediction_rows(probs_np, classes, names, "path", spec.topk, errors=errors)
+    rows, columns = checkpoint_rows(ckpt, probs_np, classes, [str(p) for p in paths], "path", spec.topk, errors)
     target, as_json = output_paths(spec.output, run_dir)
     write_csv(target, rows, columns)
     write_json(as_json, [prediction_json(row, spec.topk, multilabel) for row in rows])
@@ -185,6 +182,15 @@ def output_paths(output: str | None, run_dir: str | Path) -> tuple[Path, Path]:
         return target, run_dir / "predictions.json"
     as_json = target.with_suffix(".json")
     return target, as_json if as_json != target else target.with_name(target.name + ".json")
+
+
+def checkpoint_rows(ckpt: dict[str, Any], probs: np.ndarray, classes: Sequence[str], names: Sequence[str],
+                    id_column: str, topk: int, errors: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """predictions.csv's rows and columns for a checkpoint's probabilities: the labels at or above its thresholds
+    (multilabel), or the most probable class."""
+    if is_multilabel(ckpt):
+        return labelsets.prediction_rows(probs, classes, ckpt["thresholds"], names, id_column, topk, errors=errors)
+    return prediction_rows(probs, classes, names, id_column, topk, errors=errors)
 
 
 def prediction_json(row: dict[str, Any], topk: int, multilabel: bool = False) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from imgcls_cli.report.page import write_report_safely
 from imgcls_cli.report.thumbs import split_images
 from imgcls_cli.rundir import git_commit, run_status
 from imgcls_cli.specs.train import TrainSpec
+from imgcls_cli.tasks import task_of
 from imgcls_cli.tracking.api import Tracking
 from imgcls_cli.tracking.base import RunInfo
 
@@ -155,17 +156,13 @@ def evaluate_best(model: Any, run_dir: Path, loader: DeviceLoader, bundle: Datas
     model.load_state_dict(best["state_dict"])
     test = bundle.splits["test"]
     extra = {"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"], "tta": tta}
+    predicted = predict(model, loader, amp, tta=tta, activation=task_of(best.get("task")).activation)
+    probs, targets, ids = predicted.outputs.numpy(), predicted.targets.numpy(), read_ids(loader, test.ids)
     if is_multilabel(best):
-        predicted = predict(model, loader, amp, tta=tta, activation="sigmoid")
-        return labelsets.write_reports(run_dir / "eval", predicted.outputs.numpy(), predicted.targets.numpy(),
-                                       bundle.classes, best["thresholds"], read_ids(loader, test.ids),
+        return labelsets.write_reports(run_dir / "eval", probs, targets, bundle.classes, best["thresholds"], ids,
                                        bundle.id_column, topk, extra)
-    predicted = predict(model, loader, amp, tta=tta)
-    return write_eval_reports(run_dir / "eval", predicted.outputs.numpy(), predicted.targets.numpy(), bundle.classes,
-                              read_ids(loader, test.ids), bundle.id_column, topk,
-                              extra={"split": "test", "checkpoint": "checkpoints/best.pt", "epoch": best["epoch"],
-                                     "tta": tta},
-                              images=test.images.numpy() if test.in_memory else None)
+    return write_eval_reports(run_dir / "eval", probs, targets, bundle.classes, ids, bundle.id_column, topk,
+                              extra=extra, images=test.images.numpy() if test.in_memory else None)
 
 
 def tune_thresholds(t: Training, folder: Path) -> None:
@@ -175,13 +172,13 @@ def tune_thresholds(t: Training, folder: Path) -> None:
     for name in ("best.pt", "best_ema.pt"):
         if not (folder / name).is_file():
             continue
-        weights = load_checkpoint(folder / name)["state_dict"]
-        t.state.model.load_state_dict(weights)
-        predicted = predict(t.state.model, val, t.amp, tta=t.spec.tta, activation="sigmoid") if len(val.labels) \
-            else None
-        probs, targets = (predicted.outputs.numpy(), predicted.targets.numpy()) if predicted else \
-            (np.zeros((0, t.bundle.num_classes)), np.zeros((0, t.bundle.num_classes)))
-        labelsets.tune_and_save(folder / name, probs, targets, t.spec.task.threshold)
+        ckpt = load_checkpoint(folder / name)
+        t.state.model.load_state_dict(ckpt["state_dict"])
+        probs = targets = np.zeros((0, t.bundle.num_classes))  # no validation split: threshold= or 0.5 stays
+        if len(val.labels):
+            predicted = predict(t.state.model, val, t.amp, tta=t.spec.tta, activation=t.step_options.task.activation)
+            probs, targets = predicted.outputs.numpy(), predicted.targets.numpy()
+        labelsets.tune_and_save(folder / name, ckpt, probs, targets, t.spec.task.threshold)
 
 
 def _results_table(run: Run, model_name: str, dataset: str, test: dict[str, Any], topk: int) -> None:
