@@ -18,6 +18,7 @@ import torch
 from imgcls_cli.errors import UserError
 from imgcls_cli.rundir import atomic_writer
 from imgcls_cli.specs.model import ModelSpec
+from imgcls_cli.tasks import TASKS
 
 FORMAT = "imgcls-checkpoint"
 FORMAT_VERSION = 1
@@ -34,7 +35,6 @@ MAX_LIST_KWARG = 256  # entries of a list kwarg (widths, block_config)
 MAX_ENTRIES = 1_000_000  # files in the checkpoint's zip archive
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "ema", "rng", "best", "position", "distributed", "domain",
                   "throughput")
-TASKS = ("multiclass", "multilabel")
 # What imgcls export writes: eval and predict run these files (export/runtime.py); training needs the .pt.
 EXPORTED = {".onnx": "an exported ONNX model", ".pt2": "an exported torch.export program"}
 

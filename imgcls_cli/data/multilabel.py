@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from imgcls_cli.errors import UserError
+from imgcls_cli.tasks import TASKS
 
-TASKS = ("multiclass", "multilabel")
 SEPARATOR = "|"
 TRUE_WORDS, FALSE_WORDS = ("1", "true"), ("0", "false")
 
