@@ -1,8 +1,9 @@
 """Helpers and shared fixtures for the end-to-end CLI tests (tests/test_cli.py and the other *_cli files).
 
-A CLI call as a user types it is a real subprocess, `python -m imgcls_cli ...` (run_cli, run_many): each one
-pays ~3-4 s of interpreter + torch + Hydra start-up, so the expensive things are done once per session (one tiny
-training run, one sweep, one failing sweep). The many cheap independent calls (user mistakes, help texts,
+A CLI call as a user types it is a process of its own, `python -m imgcls_cli ...` (run_cli, run_many), forked
+from this test process's warm server (forkcli.py) so that it does not pay the 4-6 s of interpreter + torch +
+Hydra start-up; the expensive things are done once per session (one tiny training run, one sweep, one failing
+sweep). The many cheap independent calls (user mistakes, help texts,
 composed configs) run in ONE child process that calls `imgcls_cli.cli.main(argv)` for each (run_in_one_process):
 the same exit status, stdout and stderr, for one start-up. A representative set stays real subprocesses.
 
@@ -11,6 +12,7 @@ Nothing here is autouse: the fixtures cost nothing to the other test files unles
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import io
@@ -19,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +70,8 @@ COSTLIEST_FIRST = [
     "test_cli.py", "test_tracking.py", "test_timm.py", "test_datasets_cli.py", "test_multilabel_cli.py", "test_export.py", "test_resume.py",
     "test_lr_find.py", "test_export_runtime.py", "test_transfer.py", "test_docs.py", "test_distributed.py",
     "test_model_zoo_cli.py", "test_launchers.py", "test_training.py", "test_trust_training.py", "test_api.py",
-    "test_explain.py", "test_models.py", "test_trust_eval.py", "test_benchmark_runner.py", "test_trust_rundirs.py",
+    "test_explain.py", "test_forkcli.py", "test_models.py", "test_trust_eval.py", "test_benchmark_runner.py",
+    "test_trust_rundirs.py",
     "test_tv_and_listing.py", "test_check.py", "test_trust_files.py", "test_shifted.py", "test_report_cli.py",
     "test_eval_ensemble.py", "test_packaging.py", "test_trust_config.py", "test_check_cli.py", "test_recipes.py",
     "test_models_classic.py", "test_report_browser.py", "test_plots.py", "test_trust_data.py", "test_distill.py",
@@ -122,13 +126,43 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: str | Path, timeout: float = RUN_TIMEOUT) -> Result:
-    """Run `python -m imgcls_cli ARGS` in cwd, as a user would, and capture everything."""
+_fork_servers: dict[int, object] = {}  # this test process's warm CLI server (tests/forkcli.py), by pid
+_fork_lock = threading.Lock()
+
+
+def _fork_server(env: dict[str, str]):
+    """The warm server that forks each CLI call, or None where a fresh interpreter is needed (see forkcli.py)."""
+    if os.environ.get("IMGCLS_TEST_FRESH_INTERPRETER") == "1" or os.environ.get("COV_CORE_SOURCE") \
+            or "coverage" in sys.modules and getattr(sys.modules["coverage"], "Coverage").current() is not None:
+        return None
+    import forkcli
+
+    server = _fork_servers.get(os.getpid())
+    if server is None:
+        server = _fork_servers[os.getpid()] = forkcli.ForkServer(cli_env(), ROOT)
+        atexit.register(server.close)
+    return server if server.serves(env) else None
+
+
+def run_cli(*args: str, cwd: str | Path, timeout: float = RUN_TIMEOUT, env: dict[str, str] | None = None) -> Result:
+    """Run `python -m imgcls_cli ARGS` in cwd, as a user would, and capture everything.
+
+    The command is a process of its own either way: forked from this test process's warm server when its
+    environment allows (tests/forkcli.py), else a fresh interpreter."""
+    import tempfile
+
     cwd = Path(cwd)
     cwd.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "imgcls_cli", *map(str, args)], cwd=cwd, env=cli_env(),
+    argv, env = [str(a) for a in args], dict(cli_env() if env is None else env)
+    with _fork_lock:  # one call at a time per server: run_many's calls take turns
+        server = _fork_server(env)
+        if server is not None:
+            with tempfile.TemporaryDirectory(prefix="imgcls-call-") as scratch:
+                status, out, err = server.run(argv, cwd, env, timeout, Path(scratch))
+            return Result(argv, status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), cwd)
+    proc = subprocess.run([sys.executable, "-m", "imgcls_cli", *argv], cwd=cwd, env=env,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    return Result([str(a) for a in args], proc.returncode, proc.stdout.decode("utf-8", "replace"),
+    return Result(argv, proc.returncode, proc.stdout.decode("utf-8", "replace"),
                   proc.stderr.decode("utf-8", "replace"), cwd)
 
 
@@ -155,13 +189,20 @@ def run_in_one_process(calls: dict[str, tuple[Sequence[str], Path]], env: dict[s
         cases_file, results_file = Path(scratch) / "cases.json", Path(scratch) / "results.json"
         cases_file.write_text(json.dumps(cases), encoding="utf-8")
         child_env = dict(cli_env() if env is None else env)
-        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH")]))
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(cases_file), str(results_file)],
-                              cwd=scratch, env=child_env, capture_output=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        assert proc.returncode == 0 and results_file.is_file(), (
-            f"the in-process CLI runner failed (exit {proc.returncode}):\n"
-            f"{proc.stdout.decode('utf-8', 'replace')[-3000:]}\n{proc.stderr.decode('utf-8', 'replace')[-3000:]}")
+        argv = [str(Path(__file__).resolve()), str(cases_file), str(results_file)]
+        with _fork_lock:
+            server = _fork_server(child_env)
+            if server is not None:  # the child forked from the warm server: no start-up at all
+                returncode, stdout, stderr = server.run(argv[1:], Path(scratch), child_env, timeout, Path(scratch),
+                                                        script=Path(argv[0]))
+        if server is None:
+            child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH")]))
+            proc = subprocess.run([sys.executable, *argv], cwd=scratch, env=child_env, capture_output=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        assert returncode == 0 and results_file.is_file(), (
+            f"the in-process CLI runner failed (exit {returncode}):\n"
+            f"{stdout.decode('utf-8', 'replace')[-3000:]}\n{stderr.decode('utf-8', 'replace')[-3000:]}")
         results = json.loads(results_file.read_text(encoding="utf-8"))
     return {name: Result(case["args"], r["returncode"], r["stdout"], r["stderr"], Path(case["cwd"]))
             for name, case, r in zip(names, cases, results)}
