@@ -67,15 +67,15 @@ RUN_DIR_LINE = re.compile(r"^Run directory: (.+)$")
 # start at once and the short ones fill in at the end, so that both workers finish together. Files not listed
 # (in-process unit tests, seconds each) come after, in their usual order.
 COSTLIEST_FIRST = [
-    "test_cli.py", "test_tracking.py", "test_timm.py", "test_datasets_cli.py", "test_multilabel_cli.py", "test_export.py", "test_resume.py",
-    "test_lr_find.py", "test_export_runtime.py", "test_transfer.py", "test_docs.py", "test_distributed.py",
-    "test_model_zoo_cli.py", "test_launchers.py", "test_training.py", "test_trust_training.py", "test_api.py",
-    "test_explain.py", "test_forkcli.py", "test_models.py", "test_trust_eval.py", "test_benchmark_runner.py",
-    "test_trust_rundirs.py",
-    "test_tv_and_listing.py", "test_check.py", "test_trust_files.py", "test_shifted.py", "test_report_cli.py",
-    "test_eval_ensemble.py", "test_packaging.py", "test_trust_config.py", "test_check_cli.py", "test_recipes.py",
-    "test_models_classic.py", "test_report_browser.py", "test_plots.py", "test_trust_data.py", "test_distill.py",
-    "test_specs.py", "test_models_modern.py",
+    "test_cli.py", "test_distributed.py", "test_model_zoo_cli.py", "test_datasets_cli.py", "test_export.py",
+    "test_tracking.py", "test_resume.py", "test_docs.py", "test_lr_find.py", "test_timm.py", "test_models.py",
+    "test_launchers.py", "test_multilabel_cli.py", "test_transfer.py", "test_training.py", "test_export_runtime.py",
+    "test_benchmark_runner.py", "test_trust_training.py", "test_trust_rundirs.py", "test_explain.py",
+    "test_trust_eval.py", "test_forkcli.py", "test_plots.py", "test_report_browser.py", "test_check.py",
+    "test_trust_data.py", "test_trust_config.py", "test_specs.py", "test_tv_and_listing.py", "test_packaging.py",
+    "test_shifted.py", "test_models_classic.py", "test_distill.py", "test_eval_ensemble.py",
+    "test_multilabel_data.py", "test_api.py", "test_models_modern.py", "test_recipes.py", "test_trust_files.py",
+    "test_report.py", "test_check_cli.py", "test_report_cli.py", "test_streaming.py",
 ]
 
 
