@@ -124,7 +124,13 @@ def serve() -> None:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _become_the_command(request)  # never returns: the child ends in os._exit
+            try:
+                _become_the_command(request)  # never returns: the child ends in os._exit
+            except BaseException:  # noqa: BLE001 - taking the call's folder or streams failed: say so, end the child
+                import traceback
+
+                traceback.print_exc()
+                os._exit(1)
         print(json.dumps({"pid": pid}), file=reply, flush=True)
         _, wait_status = os.waitpid(pid, 0)
         print(json.dumps({"status": os.waitstatus_to_exitcode(wait_status)}), file=reply, flush=True)
@@ -138,7 +144,6 @@ class ForkServer:
         self.startup = startup_view(env)
         server_env = dict(env)
         server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "tests"), env.get("PYTHONPATH")]))
-        self.startup_with_path = startup_view(server_env)
         self.proc = subprocess.Popen([sys.executable, "-c", "import forkcli; forkcli.serve()"], env=server_env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(root), text=True,
                                      bufsize=1)
